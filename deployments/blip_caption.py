@@ -1,0 +1,115 @@
+"""BLIP image captioning deployment (base or large, chosen by the config's ``source``).
+
+The replica loads the checkpoint through the ordinary ``from_pretrained`` code, batches
+requests with ``@serve.batch`` and runs ``generate`` off the event loop. Nothing about HTTP
+lives here: every request gets a :class:`CaptionResult`, with a caption or a typed error, so
+one bad image never fails the other requests of its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from vlgraph.config import BatchingConfig, BlipCaptionConfig
+from vlgraph.errors import InferenceError, ServiceError
+from vlgraph.images import decode_image
+from vlgraph.messages import CaptionRequest, CaptionResult
+from vlgraph.model_source import resolve_model_path
+from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
+
+logger = logging.getLogger("ray.serve")
+
+
+class BlipCaptioner:
+    """Captions images with ``BlipForConditionalGeneration``; greedy decoding by default."""
+
+    def __init__(self, config: BlipCaptionConfig, checkpoint_cache_dir: str, name: str = "blip"):
+        import torch
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        apply_thread_limit(config)
+        path = resolve_model_path(name, config.source, Path(checkpoint_cache_dir), config.revision)
+        self._torch = torch
+        self._device = select_device(config)
+        self._dtype = select_dtype(config, self._device)
+        self._processor = BlipProcessor.from_pretrained(path)
+        model = BlipForConditionalGeneration.from_pretrained(path, dtype=self._dtype)
+        self._model = model.to(self._device).eval()
+        generation = config.generation
+        self._generate_kwargs: dict[str, Any] = {
+            "max_new_tokens": generation.max_new_tokens,
+            "min_new_tokens": generation.min_new_tokens,
+            "num_beams": generation.num_beams,
+            "repetition_penalty": generation.repetition_penalty,
+            "do_sample": False,
+        }
+        self.reconfigure(config.user_config())
+        self._warm_up()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batch size and wait time live (``user_config`` in the Serve config)."""
+        batching = BatchingConfig.model_validate(user_config.get("batching", {}))
+        self._caption_batch.set_max_batch_size(batching.max_batch_size)
+        self._caption_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    async def caption(self, request: CaptionRequest) -> CaptionResult:
+        """Caption one image; concurrent calls are batched together."""
+        return await self._caption_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        return await asyncio.to_thread(self.caption_now, requests)
+
+    def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """Caption a list of images in this thread: decode each, then one generate per prompt.
+
+        BLIP only batches exactly when every sequence has the same text prefix, so requests
+        are grouped by prompt; each group is one ``generate`` call.
+        """
+        results: list[CaptionResult | None] = [None] * len(requests)
+        groups: dict[str | None, list[tuple[int, Any]]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            try:
+                groups[request.prompt].append((index, decode_image(request.image)))
+            except ServiceError as error:
+                results[index] = CaptionResult(error=error.as_item_error())
+        for prompt, members in groups.items():
+            indices = [index for index, _ in members]
+            try:
+                captions = self._generate([image for _, image in members], prompt)
+            except Exception:
+                logger.exception("BLIP generate failed for a group of %d images", len(members))
+                failure = InferenceError("the captioning model failed on this image")
+                captions = None
+            for position, index in enumerate(indices):
+                results[index] = (
+                    CaptionResult(caption=captions[position])
+                    if captions is not None
+                    else CaptionResult(error=failure.as_item_error())
+                )
+        return results  # type: ignore[return-value]  # every index was filled above
+
+    def _generate(self, images: list[Any], prompt: str | None) -> list[str]:
+        text = [prompt] * len(images) if prompt else None
+        inputs = self._processor(images=images, text=text, return_tensors="pt")
+        inputs = inputs.to(self._device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
+        with self._torch.inference_mode():
+            output = self._model.generate(**inputs, **self._generate_kwargs)
+        captions = self._processor.batch_decode(output, skip_special_tokens=True)
+        return [caption.strip() for caption in captions]
+
+    def _warm_up(self) -> None:
+        from PIL import Image
+
+        with self._torch.inference_mode():
+            self._generate([Image.new("RGB", (32, 32))], None)
+
+
+BlipCaptionDeployment = serve.deployment(BlipCaptioner, name="blip_caption")

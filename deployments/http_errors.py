@@ -1,0 +1,162 @@
+"""The one place where errors become HTTP responses.
+
+Every error body has the same shape::
+
+    {"error": {"code": "...", "message": "...", "request_id": "..."}, "detail": "..."}
+
+``detail`` repeats the message (or lists validation problems) for clients written against
+plain FastAPI. 500 bodies never carry internals: the traceback goes to the replica log under
+the request id that the response also carries (Serve's ``X-Request-ID`` header).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vlgraph.errors import ServiceError
+
+logger = logging.getLogger("ray.serve")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+#: Seconds a client should wait before retrying a request shed for overload.
+RETRY_AFTER_S = 1
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, and the request id to quote."""
+
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error response."""
+
+    error: ErrorDetail
+    detail: str | list[dict[str, Any]] | None = None
+
+
+_STATUS_TEXT = {
+    400: "Malformed input (for example a NUL byte in a path).",
+    403: "The path is outside the image root.",
+    404: "No file at that path.",
+    413: "Over a size limit: bytes, pixels or images per request.",
+    415: "Not an image of an accepted type (judged by content).",
+    422: "Invalid request body, or an image that cannot be decoded.",
+    503: "Overloaded or a model replica is unavailable; retry after Retry-After.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route may answer."""
+    return {
+        status: {"model": ErrorResponse, "description": _STATUS_TEXT[status]} for status in statuses
+    }
+
+
+def request_id_of(request: Request) -> str:
+    """The request id Serve's proxy assigned (it echoes it as ``X-Request-ID``)."""
+    existing = request.headers.get(REQUEST_ID_HEADER) or getattr(request.state, "request_id", None)
+    if existing is None:
+        existing = request.state.request_id = uuid.uuid4().hex
+    return existing
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Build the standard error body."""
+    body = {
+        "error": {"code": code, "message": message, "request_id": request_id_of(request)},
+        "detail": message if detail is None else detail,
+    }
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+
+def _validation_summary(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _is_overload(error: BaseException) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(error, BackPressureError)
+
+
+def _is_replica_failure(error: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping of every error type on ``app``."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(request, error.status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = error.errors()
+        detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+        return error_response(
+            request, 422, "invalid_request", _validation_summary(errors), detail=detail
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "route_not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
+        return error_response(
+            request, error.status_code, code, str(error.detail), headers=error.headers
+        )
+
+    @app.middleware("http")
+    async def _unexpected_errors(request: Request, call_next):
+        try:
+            return await call_next(request)
+        except Exception as error:
+            if _is_overload(error):
+                return error_response(
+                    request,
+                    503,
+                    "overloaded",
+                    "the service is at capacity; retry after the Retry-After delay",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            if _is_replica_failure(error):
+                logger.warning("request %s: model replica failed", request_id_of(request))
+                return error_response(
+                    request,
+                    503,
+                    "replica_unavailable",
+                    "a model replica failed while serving this request; retry it",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            logger.exception("request %s failed", request_id_of(request))
+            return error_response(
+                request,
+                500,
+                "internal_error",
+                "internal error; quote the request id when reporting it",
+            )

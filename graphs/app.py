@@ -1,0 +1,40 @@
+"""The full vlgraph application: every model deployment bound behind one ingress.
+
+``serve run configs/offline.yaml`` and ``serve deploy serve_config.yaml`` point their
+``import_path`` at :func:`build_app`. Ray Serve validates the file's ``args:`` block through the
+:class:`~vlgraph.config.AppConfig` annotation before calling it, so a bad field fails with its
+dotted name before any replica starts; the builder then checks that every model's weights can
+be found (unless ``check_models_before_start`` is off).
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from deployments.blip_caption import BlipCaptionDeployment
+from deployments.ingress import IngressDeployment
+from vlgraph.config import AppConfig
+from vlgraph.model_source import check_model_available
+
+
+def build_app(args: AppConfig) -> Application:
+    """Bind the model deployments and the ingress from a validated configuration."""
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    cache_dir = config.resolved_cache_dir()
+    if config.check_models_before_start:
+        for name, model in config.models:
+            check_model_available(name, model.source, cache_dir, model.revision)
+
+    blip = config.models.blip
+    captioner = BlipCaptionDeployment.options(
+        **blip.deployment.serve_options(blip.user_config())
+    ).bind(blip, str(cache_dir), "blip")
+
+    # Paths are resolved here, in the process that reads the config file, so that a relative
+    # image root means the same folder for every replica.
+    ingress_config = config.ingress.model_copy(
+        update={"image_root": config.ingress.resolved_image_root()}
+    )
+    return IngressDeployment.options(**ingress_config.deployment.serve_options()).bind(
+        captioners={"blip": captioner}, config=ingress_config, profile=config.profile
+    )

@@ -1,0 +1,221 @@
+"""Typed configuration of the whole application.
+
+One pydantic model per model family, each with its Ray deployment options, and an
+:class:`AppConfig` that ties them to the ingress. Every model forbids unknown fields, so a typo
+in a profile fails at build time with the field's dotted name instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RayActorOptions(StrictModel):
+    """Resources of one replica (Ray's ``ray_actor_options``)."""
+
+    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per replica; fractions (0.25) pack several models on one GPU. "
+        "Scheduling only: each model must fit in its share of GPU memory.",
+    )
+    memory: int | None = Field(None, ge=0, description="Bytes of memory reserved per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources, e.g. a node label."
+    )
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling of one deployment."""
+
+    min_replicas: int = Field(1, ge=0, description="0 lets the deployment scale to zero.")
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_are_ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class DeploymentOptions(StrictModel):
+    """Ray Serve options of one deployment, applied with ``.options(...)`` by the builder."""
+
+    num_replicas: int | None = Field(
+        1, ge=1, description="Fixed replica count; leave unset when autoscaling_config is set."
+    )
+    autoscaling_config: AutoscalingConfig | None = None
+    max_ongoing_requests: int = Field(
+        16, ge=1, description="Requests one replica runs at once; caps the batch size."
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="Requests each caller may queue for this deployment before it is refused "
+        "with 503 (-1: unbounded).",
+    )
+    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _autoscaling_replaces_replica_count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("autoscaling_config") is not None:
+            if data.get("num_replicas") is not None:
+                raise ValueError("set either num_replicas or autoscaling_config, not both")
+            data = {**data, "num_replicas": None}
+        return data
+
+    def serve_options(self, user_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``Deployment.options``."""
+        options = self.model_dump(exclude_none=True)
+        if user_config is not None:
+            options["user_config"] = user_config
+        return options
+
+
+class BatchingConfig(StrictModel):
+    """``@serve.batch`` settings; applied live through ``user_config`` / ``reconfigure``."""
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="Largest batch handed to the model.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, le=10, description="How long a partial batch waits for more requests."
+    )
+
+
+class ModelFamilyConfig(StrictModel):
+    """Fields shared by every model family."""
+
+    source: str = Field(
+        description="Hugging Face Hub id, local checkpoint folder, or 'tiny:<family>' for a "
+        "random checkpoint built by vlgraph's factory (offline profile and tests)."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per replica (default: torch's choice)."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="after")
+    def _ongoing_requests_fit_a_batch(self) -> ModelFamilyConfig:
+        if self.deployment.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                "deployment.max_ongoing_requests "
+                f"({self.deployment.max_ongoing_requests}) must be at least "
+                f"batching.max_batch_size ({self.batching.max_batch_size}); "
+                "Ray Serve would silently cap every batch at max_ongoing_requests"
+            )
+        return self
+
+    def user_config(self) -> dict[str, Any]:
+        """What ``reconfigure`` receives: the settings that may change without a restart."""
+        return {"batching": self.batching.model_dump()}
+
+
+class CaptionGenerationConfig(StrictModel):
+    """Decoding settings of a captioning model. Greedy by default, hence deterministic."""
+
+    max_new_tokens: int = Field(30, ge=1, le=512)
+    min_new_tokens: int = Field(0, ge=0, le=512, description="Benchmarks fix the token count.")
+    num_beams: int = Field(1, ge=1, le=8)
+    repetition_penalty: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> CaptionGenerationConfig:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not exceed max_new_tokens")
+        return self
+
+
+class BlipCaptionConfig(ModelFamilyConfig):
+    """BLIP image captioning; base and large are the same class, chosen by ``source``."""
+
+    source: str = "Salesforce/blip-image-captioning-base"
+    generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
+
+
+class ModelsConfig(StrictModel):
+    """Every model deployment of the application, keyed by the name used in the API."""
+
+    blip: BlipCaptionConfig = Field(default_factory=BlipCaptionConfig)
+
+
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+
+
+class IngressConfig(StrictModel):
+    """The HTTP router: limits on what it accepts and where it reads images from."""
+
+    image_root: Path | None = Field(
+        None,
+        description="Folder that image paths resolve in. Unset: $IMAGE_ROOT, else ./images. "
+        "Paths outside it are refused.",
+    )
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest image file read.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest width x height accepted, checked before decoding."
+    )
+    max_batch_images: int = Field(64, ge=1, description="Most image paths in one batch request.")
+    allowed_formats: tuple[ImageFormat, ...] = Field(
+        ("JPEG", "PNG", "WEBP"), min_length=1, description="Image formats, judged by content."
+    )
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256)
+    )
+
+    def resolved_image_root(self) -> Path:
+        """The absolute image root: config, else ``$IMAGE_ROOT``, else ``./images``."""
+        root = self.image_root or Path(os.environ.get("IMAGE_ROOT") or "images")
+        return root.expanduser().resolve()
+
+
+class AppConfig(StrictModel):
+    """The whole application: what ``graphs.app:build_app`` receives as ``args``."""
+
+    profile: str = Field("custom", description="Name shown by the API, e.g. offline or gpu.")
+    checkpoint_cache_dir: Path | None = Field(
+        None,
+        description="Where 'tiny:' checkpoints are built. Unset: $VLGRAPH_CACHE_DIR, else "
+        f"{DEFAULT_CHECKPOINT_CACHE}.",
+    )
+    check_models_before_start: bool = Field(
+        True,
+        description="Check at build time that every model's weights can be found, failing fast "
+        "with instructions. Turn off on clusters whose weights exist only on worker nodes.",
+    )
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    def resolved_cache_dir(self) -> Path:
+        """The absolute checkpoint cache folder."""
+        folder = self.checkpoint_cache_dir or Path(
+            os.environ.get("VLGRAPH_CACHE_DIR") or DEFAULT_CHECKPOINT_CACHE
+        )
+        return folder.expanduser().resolve()

@@ -1,0 +1,67 @@
+"""Reading image files by path, confined to one image root folder (document 000's routes)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from vlgraph.errors import (
+    BadRequestError,
+    ForbiddenPathError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+
+
+def resolve_image_path(raw_path: str, image_root: Path) -> Path:
+    """Resolve a client-given path inside ``image_root``, refusing any escape.
+
+    Relative paths are taken relative to the root; absolute paths must lie inside it. Any
+    ``..`` component is refused outright, and symlinks are resolved before the containment
+    check, so a link pointing out of the root is refused too.
+    """
+    if "\x00" in raw_path:
+        raise BadRequestError("image_path contains a NUL byte", code="invalid_path")
+    if not raw_path.strip():
+        raise BadRequestError("image_path is empty", code="invalid_path")
+    candidate = Path(raw_path)
+    if ".." in candidate.parts:
+        raise ForbiddenPathError(
+            f"image_path {raw_path!r} contains '..'; give a path inside the image root {image_root}"
+        )
+    root = Path(os.path.realpath(image_root))
+    resolved = Path(os.path.realpath(root / candidate))  # an absolute candidate replaces root
+    if not resolved.is_relative_to(root):
+        raise ForbiddenPathError(
+            f"image_path {raw_path!r} is outside the image root {root}; paths may be relative "
+            "to it or absolute inside it"
+        )
+    if not resolved.exists():
+        raise NotFoundError(f"no file at image_path {raw_path!r}", code="image_not_found")
+    return resolved
+
+
+def read_image_file(path: Path, max_bytes: int) -> bytes:
+    """Read a regular file of at most ``max_bytes``; the size is checked before reading."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise NotFoundError(f"no file at {path.name!r}", code="image_not_found") from None
+    except OSError as error:
+        raise ForbiddenPathError(f"{path.name!r} cannot be opened: {error.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRequestError(f"{path.name!r} is not a regular file", code="not_a_file")
+        if info.st_size > max_bytes:
+            raise PayloadTooLargeError(
+                f"{path.name!r} is {info.st_size} bytes; the limit is {max_bytes}",
+                code="image_too_large",
+            )
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"{path.name!r} is over the limit of {max_bytes} bytes", code="image_too_large"
+        )
+    return data

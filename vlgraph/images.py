@@ -1,0 +1,92 @@
+"""Image checks that cost nothing for bad input: format by magic bytes, size from the header.
+
+The ingress calls :func:`inspect_image` before anything is sent to a model (no pixel is
+decoded); model replicas call :func:`decode_image`, which repeats the pixel check so that a
+deployment called directly through a handle is just as safe.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlgraph.errors import PayloadTooLargeError, UnprocessableImageError, UnsupportedMediaTypeError
+
+_MAGIC_PREFIXES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+#: Pixel limit used when a caller gives none (about 40 megapixels, e.g. 8000 x 5000).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an accepted image says."""
+
+    format: str
+    width: int
+    height: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes of ``data``, or None."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for prefix, name in _MAGIC_PREFIXES:
+        if data.startswith(prefix):
+            return name
+    return None
+
+
+def inspect_image(
+    data: bytes, allowed_formats: tuple[str, ...], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageInfo:
+    """Check format and dimensions of an encoded image without decoding its pixels."""
+    detected = sniff_format(data)
+    if detected is None or detected not in allowed_formats:
+        found = f"found {detected}" if detected else "the content is not a known image format"
+        raise UnsupportedMediaTypeError(
+            f"expected an image of type {', '.join(allowed_formats)} (judged by the file's "
+            f"content, not its name); {found}"
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=[detected]) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise UnsupportedMediaTypeError(
+            f"the file starts like a {detected} image but its header is unreadable: {error}"
+        ) from None
+    _check_pixels(width, height, max_pixels)
+    return ImageInfo(format=detected, width=width, height=height)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image to RGB, honouring its EXIF orientation; refuse oversize images first."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        _check_pixels(image.width, image.height, max_pixels)
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except PayloadTooLargeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise UnprocessableImageError(
+            "the image could not be decoded (truncated or corrupt file)"
+        ) from None
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise PayloadTooLargeError(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+            code="image_too_many_pixels",
+        )

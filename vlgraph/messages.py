@@ -1,0 +1,27 @@
+"""What crosses between the ingress and the model deployments.
+
+Plain dataclasses, pickled by Ray: images travel as their encoded bytes (smaller than pixels),
+already checked by the ingress, and are decoded on the model replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlgraph.errors import ItemError
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    """One image to caption; ``prompt`` conditions the caption (BLIP's text prefix)."""
+
+    image: bytes
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """A caption, or the error that kept this one image from getting one."""
+
+    caption: str | None = None
+    error: ItemError | None = None

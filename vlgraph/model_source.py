@@ -1,0 +1,141 @@
+"""Where a model's weights come from: a factory-built checkpoint, a local folder, or the Hub.
+
+:func:`resolve_model_path` gives the folder that ``from_pretrained`` loads. Missing weights
+never hang a start-up: when a Hub id is neither cached nor reachable it raises
+:class:`ModelUnavailableError` naming the model and the ways to provide it.
+
+``vlgraph-fetch PROFILE.yaml`` pre-downloads every Hub model a profile names, for machines
+(or container images) that will run without network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from vlgraph.errors import ModelUnavailableError
+from vlgraph.tiny_checkpoints import ensure_checkpoint, families
+
+TINY_PREFIX = "tiny:"
+
+#: Seconds to wait for the Hub before declaring it unreachable at start-up.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a folder."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1
+
+
+def _how_to_provide(name: str, source: str) -> str:
+    return (
+        f"Provide model '{name}' in one of these ways: set models.{name}.source to a local "
+        f"folder holding the checkpoint; pre-download it on a machine with network access "
+        f"(`vlgraph-fetch PROFILE.yaml` or `hf download {source}`) and copy the Hugging Face "
+        "cache (HF_HOME) here; or run the offline profile (`serve run configs/offline.yaml`), "
+        "which builds tiny random checkpoints locally."
+    )
+
+
+def resolve_model_path(
+    name: str, source: str, cache_dir: Path, revision: str | None = None, download: bool = True
+) -> str:
+    """Return a local folder with the weights of ``source``, downloading them if allowed.
+
+    ``name`` is the model's key in the configuration, used in error messages.
+    """
+    if source.startswith(TINY_PREFIX):
+        family = source.removeprefix(TINY_PREFIX)
+        if family not in families():
+            raise ModelUnavailableError(
+                f"model '{name}': unknown tiny checkpoint {source!r}; known: "
+                + ", ".join(TINY_PREFIX + f for f in families())
+            )
+        return str(ensure_checkpoint(family, cache_dir))
+
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    if _looks_like_path(source):
+        raise ModelUnavailableError(
+            f"model '{name}': checkpoint folder {source!r} does not exist. "
+            + _how_to_provide(name, source)
+        )
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(source, revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        pass
+    if not download or _hub_offline():
+        reason = "HF_HUB_OFFLINE is set" if _hub_offline() else "downloads are disabled here"
+        raise ModelUnavailableError(
+            f"model '{name}': {source!r} is not in the local Hugging Face cache and {reason}. "
+            + _how_to_provide(name, source)
+        )
+    _probe_hub(name, source, revision)
+    try:
+        return snapshot_download(source, revision=revision)
+    except Exception as error:  # network, auth and disk errors all end the start-up the same way
+        raise ModelUnavailableError(
+            f"model '{name}': downloading {source!r} failed ({type(error).__name__}: {error}). "
+            + _how_to_provide(name, source)
+        ) from error
+
+
+def _probe_hub(name: str, source: str, revision: str | None) -> None:
+    """Fail within seconds when the Hub cannot be reached, instead of hanging in a download."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(source, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as error:
+        raise ModelUnavailableError(
+            f"model '{name}': {source!r} is not in the local Hugging Face cache and the Hub "
+            f"cannot be reached ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            + _how_to_provide(name, source)
+        ) from None
+
+
+def check_model_available(name: str, source: str, cache_dir: Path, revision: str | None) -> None:
+    """Start-up check: the weights are local, buildable, or downloadable right now."""
+    if source.startswith(TINY_PREFIX):
+        resolve_model_path(name, source, cache_dir, revision)
+        return
+    try:
+        resolve_model_path(name, source, cache_dir, revision, download=False)
+    except ModelUnavailableError:
+        if _hub_offline() or _looks_like_path(source):
+            raise
+        _probe_hub(name, source, revision)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: pre-download the Hub models of a profile into the Hugging Face cache."""
+    import yaml
+
+    from vlgraph.config import AppConfig
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("profile", help="a Serve config file such as serve_config.yaml")
+    args = parser.parse_args(argv)
+    with open(args.profile) as file:
+        document = yaml.safe_load(file)
+    for application in document.get("applications", []):
+        config = AppConfig.model_validate(application.get("args") or {})
+        for name, model in config.models:
+            path = resolve_model_path(
+                name, model.source, config.resolved_cache_dir(), model.revision
+            )
+            print(f"{name}: {model.source} -> {path}")
+
+
+if __name__ == "__main__":
+    main()
