@@ -50,8 +50,8 @@ def read_image_file(path: Path, max_bytes: int) -> bytes:
         raise NotFoundError(f"no file at {path.name!r}", code="image_not_found") from None
     except OSError as error:
         raise ForbiddenPathError(f"{path.name!r} cannot be opened: {error.strerror}") from None
-    with os.fdopen(descriptor, "rb") as file:
-        info = os.fstat(file.fileno())
+    try:
+        info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise BadRequestError(f"{path.name!r} is not a regular file", code="not_a_file")
         if info.st_size > max_bytes:
@@ -59,7 +59,10 @@ def read_image_file(path: Path, max_bytes: int) -> bytes:
                 f"{path.name!r} is {info.st_size} bytes; the limit is {max_bytes}",
                 code="image_too_large",
             )
-        data = file.read(max_bytes + 1)
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1)
+    finally:
+        os.close(descriptor)
     if len(data) > max_bytes:
         raise PayloadTooLargeError(
             f"{path.name!r} is over the limit of {max_bytes} bytes", code="image_too_large"

@@ -61,6 +61,8 @@ def inspect_image(
     try:
         with Image.open(io.BytesIO(data), formats=[detected]) as image:
             width, height = image.size
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(max_pixels) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise UnsupportedMediaTypeError(
             f"the file starts like a {detected} image but its header is unreadable: {error}"
@@ -78,7 +80,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         return image.convert("RGB")
     except PayloadTooLargeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(max_pixels) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise UnprocessableImageError(
             "the image could not be decoded (truncated or corrupt file)"
         ) from None
@@ -86,7 +90,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise PayloadTooLargeError(
-            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-            code="image_too_many_pixels",
-        )
+        raise _too_many_pixels(max_pixels, f"{width}x{height} = {width * height} pixels")
+
+
+def _too_many_pixels(
+    max_pixels: int, size: str = "over Pillow's safety limit"
+) -> PayloadTooLargeError:
+    # Pillow refuses headers past twice its own limit in Image.open, before we see the size.
+    return PayloadTooLargeError(
+        f"the image is {size}; the limit is {max_pixels} pixels", code="image_too_many_pixels"
+    )

@@ -118,22 +118,36 @@ def check_model_available(name: str, source: str, cache_dir: Path, revision: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: pre-download the Hub models of a profile into the Hugging Face cache."""
+    """Pre-download (or with --check, check) the models of a profile into the Hugging Face cache."""
     import yaml
 
     from vlgraph.config import AppConfig
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("profile", help="a Serve config file such as serve_config.yaml")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="download nothing: exit 1 with instructions unless every model can be found",
+    )
     args = parser.parse_args(argv)
     with open(args.profile) as file:
         document = yaml.safe_load(file)
     for application in document.get("applications", []):
         config = AppConfig.model_validate(application.get("args") or {})
         for name, model in config.models:
-            path = resolve_model_path(
-                name, model.source, config.resolved_cache_dir(), model.revision
-            )
+            try:
+                if args.check:
+                    check_model_available(
+                        name, model.source, config.resolved_cache_dir(), model.revision
+                    )
+                    print(f"{name}: {model.source} available")
+                    continue
+                path = resolve_model_path(
+                    name, model.source, config.resolved_cache_dir(), model.revision
+                )
+            except ModelUnavailableError as error:
+                raise SystemExit(f"error: {error.message}") from None
             print(f"{name}: {model.source} -> {path}")
 
 

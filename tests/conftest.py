@@ -1,0 +1,191 @@
+"""Shared fixtures: tiny checkpoints, test images, and one Ray + Serve instance per session.
+
+Integration tests talk HTTP to a real ``serve.run`` of the full application on tiny
+checkpoints. Tests marked ``cli`` run last: they release the session's Ray instance and drive
+the ``serve run`` command line as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlgraph.config import AppConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Limits of the test application, small so that tests can cross them cheaply.
+TEST_MAX_IMAGE_BYTES = 300_000
+TEST_MAX_IMAGE_PIXELS = 2_000_000
+TEST_MAX_BATCH_IMAGES = 8
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run command-line tests last: they need the session's Ray instance gone."""
+    items.sort(key=lambda item: item.get_closest_marker("cli") is not None)
+
+
+def noise_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
+    """A reproducible random RGB image."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """Encode ``image`` as JPEG."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def checkpoint_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder where the factory builds tiny checkpoints for the whole session."""
+    folder = Path(os.environ.get("VLGRAPH_TEST_CACHE_DIR") or tmp_path_factory.mktemp("ckpt"))
+    return folder.resolve()
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image root holding good, bad and hostile files, and a file outside it."""
+    base = tmp_path_factory.mktemp("images")
+    root = base / "root"
+    (root / "nested").mkdir(parents=True)
+    for index in range(6):
+        noise_image(index).save(root / f"noise{index}.jpg")
+    Image.new("RGB", (64, 48), (220, 20, 20)).save(root / "red.jpg")
+    Image.new("RGB", (64, 48), (20, 20, 220)).save(root / "nested" / "blue.png")
+    noise_image(7).save(root / "noise.webp", format="WEBP")
+    noise_image(8).save(root / "really_png.jpg", format="PNG")
+    noise_image(9).save(root / "animated.gif", format="GIF")
+    (root / "not_an_image.jpg").write_text("this is text, not a JPEG")
+    (root / "fake_magic.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = jpeg_bytes(noise_image(10, (320, 240)))
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    noise_image(11, (400, 400)).save(root / "big_file.png")  # ~480 kB > byte limit
+    Image.new("L", (1500, 1500)).save(root / "many_pixels.png")  # 2.25 MP > pixel limit
+    (base / "outside.jpg").write_bytes(jpeg_bytes(noise_image(12)))
+    (root / "escape_link.jpg").symlink_to(base / "outside.jpg")
+    (root / "inside_link.jpg").symlink_to(root / "red.jpg")
+    return root
+
+
+def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
+    """The application as the integration tests run it: tiny BLIP, small limits."""
+    return AppConfig.model_validate(
+        {
+            "profile": "test",
+            "checkpoint_cache_dir": str(checkpoint_cache),
+            "ingress": {
+                "image_root": str(image_root),
+                "max_image_bytes": TEST_MAX_IMAGE_BYTES,
+                "max_image_pixels": TEST_MAX_IMAGE_PIXELS,
+                "max_batch_images": TEST_MAX_BATCH_IMAGES,
+                "deployment": {
+                    "max_ongoing_requests": 64,
+                    "ray_actor_options": {"num_cpus": 0.1},
+                },
+            },
+            "models": {
+                "blip": {
+                    "source": "tiny:blip-caption",
+                    "device": "cpu",
+                    "torch_threads": 1,
+                    "generation": {"max_new_tokens": 12},
+                    "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                    "deployment": {
+                        "max_ongoing_requests": 16,
+                        "ray_actor_options": {"num_cpus": 0.5},
+                    },
+                }
+            },
+        }
+    )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[int]:
+    """One Ray instance and Serve HTTP proxy for the session; yields the HTTP port."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="vlgraph-tests")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    release_ray()
+
+
+def release_ray() -> None:
+    """Shut Serve and Ray down if this process started them."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """The application under test, reachable over HTTP."""
+
+    url: str
+    image_root: Path
+    config: AppConfig
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        """An HTTP client bound to the app."""
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def app(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Iterator[RunningApp]:
+    """The full vlgraph application served by ``serve.run`` on tiny checkpoints."""
+    from ray import serve
+
+    from graphs.app import build_app
+
+    config = make_test_config(checkpoint_cache, image_root)
+    serve.run(build_app(config), name="vlgraph", route_prefix="/")
+    running = RunningApp(
+        url=f"http://127.0.0.1:{ray_instance}", image_root=image_root, config=config
+    )
+    wait_until_healthy(running.url)
+    yield running
+    import ray
+
+    if ray.is_initialized():  # command-line tests may have released it already
+        serve.delete("vlgraph")
+
+
+def wait_until_healthy(url: str, timeout_s: float = 120.0) -> None:
+    """Poll ``GET /`` until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become healthy within {timeout_s} s")
+        time.sleep(0.5)

@@ -1,0 +1,144 @@
+"""The README's run command, ``serve run configs/offline.yaml``, driven as a user would.
+
+These tests run last (see ``conftest.pytest_collection_modifyitems``): each ``serve run``
+starts its own local Ray, so the session's instance is released first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, jpeg_bytes, noise_image, release_ray, wait_until_healthy
+
+pytestmark = pytest.mark.cli
+
+OFFLINE_URL = "http://127.0.0.1:8000"
+
+
+class ServeRun:
+    """A ``serve run`` process whose output is collected as it arrives."""
+
+    def __init__(self, config: Path | str, env: dict[str, str]):
+        self.output = ""
+        self._process = subprocess.Popen(
+            ["serve", "run", str(config)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.output += line
+
+    def wait_for_output(self, pattern: str, timeout_s: float) -> float:
+        """Seconds until ``pattern`` appeared in the output; fails after ``timeout_s``."""
+        started = time.monotonic()
+        while not re.search(pattern, self.output):
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(
+                    f"{pattern!r} not seen in {timeout_s} s:\n{self.output[-3000:]}"
+                )
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user would; then make sure nothing is left running."""
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGINT)
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def user_env(tmp_path: Path, checkpoint_cache: Path) -> Iterator[dict[str, str]]:
+    """Environment of a user in a fresh shell, with images in ./images-like folder."""
+    release_ray()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "example.jpg").write_bytes(jpeg_bytes(noise_image(1)))
+    (images / "example1.jpg").write_bytes(jpeg_bytes(noise_image(2)))
+    (images / "example2.jpg").write_bytes(jpeg_bytes(noise_image(3)))
+    env = {
+        **os.environ,
+        "IMAGE_ROOT": str(images),
+        "VLGRAPH_CACHE_DIR": str(checkpoint_cache),
+        "RAY_DEDUP_LOGS": "0",
+    }
+    yield env
+
+
+def test_offline_profile_serves_document_000(user_env: dict[str, str]) -> None:
+    images = Path(user_env["IMAGE_ROOT"])
+    server = ServeRun("configs/offline.yaml", user_env)
+    try:
+        wait_until_healthy(OFFLINE_URL, timeout_s=180)
+        single = httpx.post(
+            f"{OFFLINE_URL}/caption", json={"image_path": str(images / "example.jpg")}, timeout=60
+        )
+        assert single.status_code == 200, single.text
+        assert set(single.json()) == {"image_path", "caption", "processing_time"}
+        batch = httpx.post(
+            f"{OFFLINE_URL}/batch-caption",
+            json={"image_paths": [str(images / "example1.jpg"), str(images / "example2.jpg")]},
+            timeout=60,
+        )
+        assert batch.status_code == 200
+        assert all(item["caption"] for item in batch.json()["results"])
+        assert httpx.get(f"{OFFLINE_URL}/docs", timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def write_profile(tmp_path: Path, change) -> Path:
+    document = yaml.safe_load((REPO_ROOT / "configs/offline.yaml").read_text())
+    change(document["applications"][0]["args"])
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_bad_config_is_reported_with_the_field_name(user_env, tmp_path: Path) -> None:
+    def break_batch_size(args: dict) -> None:
+        args["models"]["blip"]["batching"]["max_batch_size"] = 0
+
+    server = ServeRun(write_profile(tmp_path, break_batch_size), user_env)
+    try:
+        server.wait_for_output(r"models\.blip\.batching\.max_batch_size", timeout_s=90)
+        assert "greater than or equal to 1" in server.output
+    finally:
+        server.stop()
+
+
+def test_missing_weights_are_reported_fast(user_env, tmp_path: Path) -> None:
+    def use_hub_id(args: dict) -> None:
+        args["models"]["blip"]["source"] = "Salesforce/blip-image-captioning-base"
+
+    env = {**user_env, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    server = ServeRun(write_profile(tmp_path, use_hub_id), env)
+    try:
+        server.wait_for_output(r"model 'blip'.*not in the local Hugging Face cache", 90)
+        assert "vlgraph-fetch" in server.output
+    finally:
+        server.stop()

@@ -1,0 +1,125 @@
+"""Config validation: every profile is valid, and a bad field fails with its dotted name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from graphs.app import build_app
+from tests.conftest import REPO_ROOT
+from vlgraph.config import AppConfig, DeploymentOptions
+
+PROFILES = ["configs/offline.yaml", "configs/local.yaml", "serve_config.yaml"]
+
+
+def profile_args(path: str) -> dict:
+    document = yaml.safe_load((REPO_ROOT / path).read_text())
+    (application,) = document["applications"]
+    assert application["import_path"] == "graphs.app:build_app"
+    return application["args"]
+
+
+@pytest.mark.parametrize("path", PROFILES)
+def test_every_profile_validates(path: str) -> None:
+    config = AppConfig.model_validate(profile_args(path))
+    blip = config.models.blip
+    assert blip.deployment.max_ongoing_requests >= blip.batching.max_batch_size
+
+
+def test_profiles_differ_where_they_should() -> None:
+    offline = AppConfig.model_validate(profile_args("configs/offline.yaml"))
+    local = AppConfig.model_validate(profile_args("configs/local.yaml"))
+    gpu = AppConfig.model_validate(profile_args("serve_config.yaml"))
+    assert offline.models.blip.source.startswith("tiny:")
+    assert (
+        local.models.blip.source
+        == gpu.models.blip.source
+        == ("Salesforce/blip-image-captioning-base")
+    )
+    assert local.models.blip.device == "cpu"
+    assert 0 < gpu.models.blip.deployment.ray_actor_options.num_gpus < 1
+    assert gpu.models.blip.deployment.autoscaling_config is not None
+
+
+def with_change(dotted: str, value) -> dict:
+    args = profile_args("configs/offline.yaml")
+    node = args
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "named"),
+    [
+        ("models.blip.batching.max_batch_size", 0, "models.blip.batching.max_batch_size"),
+        ("models.blip.batching.max_batch_sise", 4, "models.blip.batching.max_batch_sise"),
+        ("models.blip.dtype", "float8", "models.blip.dtype"),
+        ("models.blip.deployment.ray_actor_options.num_gpus", -1, "num_gpus"),
+        ("models.blip.generation.max_new_tokens", 0, "models.blip.generation.max_new_tokens"),
+        ("ingress.max_image_bytes", "lots", "ingress.max_image_bytes"),
+        ("ingress.allowed_formats", ["JPEG", "PSD"], "ingress.allowed_formats"),
+        ("models.clip_typo", {}, "models.clip_typo"),
+    ],
+)
+def test_bad_field_fails_with_its_name(dotted: str, value, named: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        AppConfig.model_validate(with_change(dotted, value))
+    assert named in str(raised.value)
+
+
+def test_max_ongoing_requests_must_hold_a_batch() -> None:
+    args = with_change("models.blip.deployment.max_ongoing_requests", 4)
+    with pytest.raises(ValidationError) as raised:
+        AppConfig.model_validate(args)
+    message = str(raised.value)
+    assert "max_ongoing_requests (4)" in message and "max_batch_size (8)" in message
+
+
+def test_replica_count_and_autoscaling_are_exclusive() -> None:
+    with pytest.raises(ValidationError, match="either num_replicas or autoscaling_config"):
+        DeploymentOptions.model_validate(
+            {"num_replicas": 2, "autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}
+        )
+    autoscaled = DeploymentOptions.model_validate(
+        {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}
+    )
+    assert "num_replicas" not in autoscaled.serve_options()
+    with pytest.raises(ValidationError, match="min_replicas must not exceed max_replicas"):
+        DeploymentOptions.model_validate(
+            {"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}}
+        )
+
+
+def test_serve_validates_builder_args_through_the_annotation() -> None:
+    """Ray Serve's own builder call (used by serve run/deploy) applies AppConfig."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    with pytest.raises(ValidationError) as raised:
+        call_user_app_builder_with_args_if_necessary(
+            build_app, with_change("models.blip.batching.batch_wait_timeout_s", -1)
+        )
+    assert "models.blip.batching.batch_wait_timeout_s" in str(raised.value)
+
+
+def test_image_root_comes_from_config_then_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("IMAGE_ROOT", str(tmp_path / "from_env"))
+    assert AppConfig().ingress.resolved_image_root() == tmp_path / "from_env"
+    configured = AppConfig.model_validate({"ingress": {"image_root": str(tmp_path / "cfg")}})
+    assert configured.ingress.resolved_image_root() == tmp_path / "cfg"
+    monkeypatch.delenv("IMAGE_ROOT")
+    assert AppConfig().ingress.resolved_image_root() == Path("images").resolve()
+
+
+def test_serve_options_carry_user_config_and_resources() -> None:
+    args = profile_args("serve_config.yaml")
+    blip = AppConfig.model_validate(args).models.blip
+    options = blip.deployment.serve_options(blip.user_config())
+    assert options["user_config"] == {"batching": blip.batching.model_dump()}
+    assert options["ray_actor_options"]["num_gpus"] == blip.deployment.ray_actor_options.num_gpus
+    assert options["max_queued_requests"] == blip.deployment.max_queued_requests
