@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vlgraph.errors import ServiceError
+from vlgraph.errors import ServiceError, ServiceUnavailableError
 
 logger = logging.getLogger("ray.serve")
 
@@ -97,16 +97,28 @@ def _validation_summary(errors: list[dict[str, Any]]) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def _is_overload(error: BaseException) -> bool:
-    from ray.serve.exceptions import BackPressureError
-
-    return isinstance(error, BackPressureError)
-
-
-def _is_replica_failure(error: BaseException) -> bool:
+def transient_service_error(error: BaseException) -> ServiceUnavailableError | None:
+    """What a Ray overload or replica failure means to a client (retry later); else None."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    return isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError)
+    if isinstance(error, BackPressureError):
+        return ServiceUnavailableError(
+            "the service is at capacity; retry after the Retry-After delay",
+            code="overloaded",
+            status=error.status_code,
+            retry_after_s=error.retry_after_s or RETRY_AFTER_S,
+        )
+    if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
+        return ServiceUnavailableError(
+            "a model replica failed while serving this request; retry it",
+            code="replica_unavailable",
+        )
+    if isinstance(error, DeploymentUnavailableError):
+        return ServiceUnavailableError(
+            "a model deployment is not available; retry later", code="model_unavailable"
+        )
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,7 +126,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return error_response(request, error.status, error.code, error.message)
+        headers = None
+        if isinstance(error, ServiceUnavailableError):
+            headers = {"Retry-After": str(error.retry_after_s)}
+        return error_response(request, error.status, error.code, error.message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -136,22 +151,14 @@ def install_error_handlers(app: FastAPI) -> None:
         try:
             return await call_next(request)
         except Exception as error:
-            if _is_overload(error):
+            transient = transient_service_error(error)
+            if transient is not None:
                 return error_response(
                     request,
-                    503,
-                    "overloaded",
-                    "the service is at capacity; retry after the Retry-After delay",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                )
-            if _is_replica_failure(error):
-                logger.warning("request %s: model replica failed", request_id_of(request))
-                return error_response(
-                    request,
-                    503,
-                    "replica_unavailable",
-                    "a model replica failed while serving this request; retry it",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                    transient.status,
+                    transient.code,
+                    transient.message,
+                    headers={"Retry-After": str(transient.retry_after_s)},
                 )
             logger.exception("request %s failed", request_id_of(request))
             return error_response(

@@ -15,10 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.http_errors import error_responses, install_error_handlers
+from deployments.http_errors import (
+    error_responses,
+    install_error_handlers,
+    transient_service_error,
+)
 from vlgraph import __version__
 from vlgraph.config import IngressConfig
-from vlgraph.errors import PayloadTooLargeError, ServiceError
+from vlgraph.errors import (
+    ItemError,
+    PayloadTooLargeError,
+    ServiceError,
+    ServiceUnavailableError,
+)
 from vlgraph.image_paths import read_image_file, resolve_image_path
 from vlgraph.images import inspect_image
 from vlgraph.messages import CaptionRequest, CaptionResult
@@ -76,21 +85,13 @@ class CaptionResponse(BaseModel):
     processing_time: float = Field(description="Seconds spent on this image at the server.")
 
 
-class ItemErrorBody(BaseModel):
-    """Why one image of a batch got no caption."""
-
-    status: int
-    code: str
-    message: str
-
-
 class BatchCaptionItem(BaseModel):
     """One entry of a batch: a caption, or an error for this image alone."""
 
     image_path: str
     caption: str | None = None
     processing_time: float | None = None
-    error: ItemErrorBody | None = None
+    error: ItemError | None = Field(None, description="Why this image got no caption.")
 
 
 class BatchCaptionResponse(BaseModel):
@@ -173,24 +174,33 @@ class Ingress:
 
     async def _timed_item(self, path: str) -> BatchCaptionItem:
         started = time.perf_counter()
-        result = await self._caption_path(path)
+        try:
+            result = await self._caption_path(path)
+        except ServiceUnavailableError as error:
+            # Overload or a dead replica costs this image only; finished captions are kept.
+            result = CaptionResult(error=error.as_item_error())
         if result.error is not None:
-            return BatchCaptionItem(
-                image_path=path, error=ItemErrorBody(**result.error.model_dump())
-            )
+            return BatchCaptionItem(image_path=path, error=result.error)
         return BatchCaptionItem(
             image_path=path,
             caption=result.caption,
             processing_time=round(time.perf_counter() - started, 4),
         )
 
-    async def _caption_path(self, path: str, model: str = "blip") -> CaptionResult:
+    async def _caption_path(self, path: str) -> CaptionResult:
         """Read and check one image file, then caption it; client errors become results."""
         try:
             image = await asyncio.to_thread(self._load_image, path)
         except ServiceError as error:
             return CaptionResult(error=error.as_item_error())
-        return await self._captioners[model].caption.remote(CaptionRequest(image=image))
+        try:
+            return await self._captioners["blip"].caption.remote(CaptionRequest(image=image))
+        except Exception as error:
+            # Serve answers its own exceptions before any middleware: type them here.
+            transient = transient_service_error(error)
+            if transient is None:
+                raise
+            raise transient from None
 
     def _load_image(self, raw_path: str) -> bytes:
         path: Path = resolve_image_path(raw_path, self._image_root)

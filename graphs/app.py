@@ -26,9 +26,9 @@ def build_app(args: AppConfig) -> Application:
             check_model_available(name, model.source, cache_dir, model.revision)
 
     blip = config.models.blip
-    captioner = BlipCaptionDeployment.options(
-        **blip.deployment.serve_options(blip.user_config())
-    ).bind(blip, str(cache_dir), "blip")
+    captioner = BlipCaptionDeployment.options(**blip.serve_options()).bind(
+        blip, str(cache_dir), "blip"
+    )
 
     # Paths are resolved here, in the process that reads the config file, so that a relative
     # image root means the same folder for every replica.

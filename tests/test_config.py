@@ -123,3 +123,29 @@ def test_serve_options_carry_user_config_and_resources() -> None:
     assert options["user_config"] == {"batching": blip.batching.model_dump()}
     assert options["ray_actor_options"]["num_gpus"] == blip.deployment.ray_actor_options.num_gpus
     assert options["max_queued_requests"] == blip.deployment.max_queued_requests
+
+
+def test_model_replicas_get_allocator_settings_unless_turned_off() -> None:
+    from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
+
+    blip = AppConfig.model_validate(profile_args("configs/offline.yaml")).models.blip
+    env = blip.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == CPU_ALLOCATOR_ENV
+    custom = blip.model_copy(
+        update={
+            "deployment": blip.deployment.model_copy(
+                update={
+                    "ray_actor_options": blip.deployment.ray_actor_options.model_copy(
+                        update={"runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2", "X": "1"}}}
+                    )
+                }
+            )
+        }
+    )
+    merged = custom.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert merged["MALLOC_ARENA_MAX"] == "2" and merged["X"] == "1"
+    off = blip.model_copy(update={"tune_cpu_allocator": False})
+    assert (
+        "runtime_env" not in off.serve_options()["ray_actor_options"]
+        or not (off.serve_options()["ray_actor_options"]["runtime_env"])
+    )

@@ -36,6 +36,10 @@ class RayActorOptions(StrictModel):
     resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources, e.g. a node label."
     )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env of the replicas (env_vars, pip, remote working_dir).",
+    )
 
 
 class AutoscalingConfig(StrictModel):
@@ -58,6 +62,13 @@ class AutoscalingConfig(StrictModel):
         return self
 
 
+class BackpressureOptions(StrictModel):
+    """HTTP answer when a deployment's queue is full (Ray's ``backpressure_config``)."""
+
+    status_code: Literal[503, 429] = Field(503, description="503 or 429.")
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After header, seconds.")
+
+
 class DeploymentOptions(StrictModel):
     """Ray Serve options of one deployment, applied with ``.options(...)`` by the builder."""
 
@@ -74,6 +85,7 @@ class DeploymentOptions(StrictModel):
         description="Requests each caller may queue for this deployment before it is refused "
         "with 503 (-1: unbounded).",
     )
+    backpressure_config: BackpressureOptions = Field(default_factory=BackpressureOptions)
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
@@ -120,6 +132,11 @@ class ModelFamilyConfig(StrictModel):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads per replica (default: torch's choice)."
     )
+    tune_cpu_allocator: bool = Field(
+        True,
+        description="Start replicas with glibc malloc settings that stop page-fault churn of "
+        "torch's activation buffers (vlgraph.torch_runtime.CPU_ALLOCATOR_ENV).",
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
@@ -137,6 +154,19 @@ class ModelFamilyConfig(StrictModel):
     def user_config(self) -> dict[str, Any]:
         """What ``reconfigure`` receives: the settings that may change without a restart."""
         return {"batching": self.batching.model_dump()}
+
+    def serve_options(self) -> dict[str, Any]:
+        """``Deployment.options`` of this model: deployment options, user_config, env vars."""
+        options = self.deployment.serve_options(self.user_config())
+        if self.tune_cpu_allocator:
+            from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
+
+            actor = options["ray_actor_options"]
+            runtime_env = dict(actor.get("runtime_env") or {})
+            # Explicit env_vars in the config win over the defaults.
+            runtime_env["env_vars"] = {**CPU_ALLOCATOR_ENV, **runtime_env.get("env_vars", {})}
+            actor["runtime_env"] = runtime_env
+        return options
 
 
 class CaptionGenerationConfig(StrictModel):

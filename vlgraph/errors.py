@@ -7,6 +7,8 @@ place (``deployments.errors_http``), so every route answers errors the same way.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 
@@ -82,6 +84,25 @@ class UnprocessableImageError(ServiceError):
 
     status = 422
     code = "undecodable_image"
+
+
+class ServiceUnavailableError(ServiceError):
+    """Overload or a failed replica: the client should retry after ``retry_after_s``."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after_s: float = 1,
+    ):
+        super().__init__(message, code=code, status=status)
+        # HTTP's Retry-After is whole seconds.
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
 
 
 class ModelUnavailableError(ServiceError):
