@@ -22,6 +22,20 @@ TINY_PREFIX = "tiny:"
 #: Seconds to wait for the Hub before declaring it unreachable at start-up.
 HUB_PROBE_TIMEOUT_S = 5.0
 
+#: Files of other frameworks that Hub repos often carry beside the PyTorch weights.
+_OTHER_FRAMEWORK_FILES = [
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.onnx",
+    "onnx/*",
+    "*.tflite",
+    "*.mlmodel",
+    "openvino/*",
+]
+#: PyTorch pickles, skipped where the repo also has safetensors (the same weights, safer).
+_PICKLED_WEIGHTS = ["*.bin", "*.pth", "*.pt"]
+
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
@@ -82,12 +96,22 @@ def resolve_model_path(
         )
     _probe_hub(name, source, revision)
     try:
-        return snapshot_download(source, revision=revision)
+        return snapshot_download(
+            source, revision=revision, ignore_patterns=_files_to_skip(source, revision)
+        )
     except Exception as error:  # network, auth and disk errors all end the start-up the same way
         raise ModelUnavailableError(
             f"model '{name}': downloading {source!r} failed ({type(error).__name__}: {error}). "
             + _how_to_provide(name, source)
         ) from error
+
+
+def _files_to_skip(source: str, revision: str | None) -> list[str]:
+    from huggingface_hub import HfApi
+
+    files = HfApi().list_repo_files(source, revision=revision)
+    has_safetensors = any(name.endswith(".safetensors") for name in files)
+    return _OTHER_FRAMEWORK_FILES + (_PICKLED_WEIGHTS if has_safetensors else [])
 
 
 def _probe_hub(name: str, source: str, revision: str | None) -> None:
