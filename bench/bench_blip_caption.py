@@ -103,7 +103,13 @@ async def drive(url: str, paths: list[str], concurrency: int, total: int) -> dic
 
 
 def serve_app(
-    checkpoint: Path, image_root: Path, batch: int, tokens: int, threads: int, tune: bool
+    checkpoint: Path,
+    image_root: Path,
+    batch: int,
+    tokens: int,
+    threads: int,
+    tune: bool,
+    max_ongoing: int,
 ) -> str:
     """Start Ray and the vlgraph app on ``checkpoint``; returns the base URL."""
     import ray
@@ -134,7 +140,7 @@ def serve_app(
                     "generation": {"max_new_tokens": tokens, "min_new_tokens": tokens},
                     "batching": {"max_batch_size": batch, "batch_wait_timeout_s": 0.1},
                     "deployment": {
-                        "max_ongoing_requests": 2 * batch,
+                        "max_ongoing_requests": max_ongoing,
                         "max_queued_requests": 1024,
                         "ray_actor_options": {"num_cpus": 1},
                     },
@@ -169,6 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         help="requests per level (default: 4 x concurrency, at least 8)",
     )
     parser.add_argument("--batch", type=int, default=8, help="max_batch_size, also the raw batch")
+    parser.add_argument(
+        "--max-ongoing",
+        type=int,
+        default=64,
+        help="the replica's max_ongoing_requests (requests past it wait in "
+        "the ingress's router instead of the replica's batch queue)",
+    )
     parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (fixed)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, raw and served")
     parser.add_argument("--cache-dir", default=".cache/vlgraph/checkpoints")
@@ -199,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             args.tokens,
             args.threads,
             not args.no_allocator_tuning,
+            args.max_ongoing,
         )
         # Warm the HTTP path and the replica with one full batch.
         asyncio.run(drive(url, [p.name for p in images], args.batch, args.batch))
@@ -220,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "threads": args.threads,
         "allocator_tuning": not args.no_allocator_tuning,
+        "max_ongoing": args.max_ongoing,
         "machine": {
             "cpus": __import__("os").cpu_count(),
             "python": platform.python_version(),

@@ -28,9 +28,6 @@ logger = logging.getLogger("ray.serve")
 
 REQUEST_ID_HEADER = "x-request-id"
 
-#: Seconds a client should wait before retrying a request shed for overload.
-RETRY_AFTER_S = 1
-
 
 class ErrorDetail(BaseModel):
     """What went wrong, and the request id to quote."""
@@ -89,6 +86,14 @@ def error_response(
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
 
+def service_error_response(request: Request, error: ServiceError) -> JSONResponse:
+    """The response for a typed error; retryable ones carry ``Retry-After``."""
+    headers = None
+    if isinstance(error, ServiceUnavailableError):
+        headers = {"Retry-After": str(error.retry_after_s)}
+    return error_response(request, error.status, error.code, error.message, headers=headers)
+
+
 def _validation_summary(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors[:5]:
@@ -107,7 +112,7 @@ def transient_service_error(error: BaseException) -> ServiceUnavailableError | N
             "the service is at capacity; retry after the Retry-After delay",
             code="overloaded",
             status=error.status_code,
-            retry_after_s=error.retry_after_s or RETRY_AFTER_S,
+            retry_after_s=error.retry_after_s or ServiceUnavailableError.DEFAULT_RETRY_AFTER_S,
         )
     if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
         return ServiceUnavailableError(
@@ -126,10 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        headers = None
-        if isinstance(error, ServiceUnavailableError):
-            headers = {"Retry-After": str(error.retry_after_s)}
-        return error_response(request, error.status, error.code, error.message, headers=headers)
+        return service_error_response(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -153,13 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
         except Exception as error:
             transient = transient_service_error(error)
             if transient is not None:
-                return error_response(
-                    request,
-                    transient.status,
-                    transient.code,
-                    transient.message,
-                    headers={"Retry-After": str(transient.retry_after_s)},
-                )
+                return service_error_response(request, transient)
             logger.exception("request %s failed", request_id_of(request))
             return error_response(
                 request,

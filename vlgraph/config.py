@@ -77,7 +77,11 @@ class DeploymentOptions(StrictModel):
     )
     autoscaling_config: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(
-        16, ge=1, description="Requests one replica runs at once; caps the batch size."
+        64,
+        ge=1,
+        description="Requests sent to one replica at once; caps the batch size. Keep it "
+        "several batches deep: requests past it wait in the caller's router, which probes "
+        "the busy replica and slows it (BENCHMARKS.md).",
     )
     max_queued_requests: int = Field(
         256,

@@ -91,6 +91,7 @@ class ServiceUnavailableError(ServiceError):
 
     status = 503
     code = "overloaded"
+    DEFAULT_RETRY_AFTER_S = 1
 
     def __init__(
         self,
@@ -98,7 +99,7 @@ class ServiceUnavailableError(ServiceError):
         *,
         code: str | None = None,
         status: int | None = None,
-        retry_after_s: float = 1,
+        retry_after_s: float = DEFAULT_RETRY_AFTER_S,
     ):
         super().__init__(message, code=code, status=status)
         # HTTP's Retry-After is whole seconds.
