@@ -1,12 +1,13 @@
-"""Where BLIP generate loses time outside the model: thread placement and the allocator.
+"""Where BLIP generate loses time outside the model: thread, process and allocator.
 
-Runs batched BLIP-base generate (full-size architecture, random weights) in this process,
-either on the main thread or in a worker thread as a Serve replica does, and prints seconds
-per batch, CPU utilisation, system time and minor page faults. Run it under both allocator
-settings to see their effect:
+Runs batched BLIP-base generate (full-size architecture, random weights) on this process's
+main thread, in a worker thread (as a Serve replica does), or in a plain Ray actor with the
+replicas' allocator settings (no Serve), and prints seconds per batch, CPU utilisation, system
+time and minor page faults. Run it under both allocator settings to see their effect:
 
     python bench/diagnose_generate.py main
     python bench/diagnose_generate.py thread
+    python bench/diagnose_generate.py ray-actor
     env MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 \
         MALLOC_TOP_PAD_=1073741824 python bench/diagnose_generate.py thread
 """
@@ -28,15 +29,34 @@ from vlgraph.tiny_checkpoints import ensure_checkpoint
 
 def main() -> None:
     """Measure and print one line of figures."""
+    args = parse_args()
+    if args.where == "ray-actor":
+        import ray
+
+        from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
+
+        ray.init(include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(num_cpus=1, runtime_env={"env_vars": CPU_ALLOCATOR_ENV})(measure)
+        print(ray.get(remote.remote(args, "main")).replace("main:", "ray actor:", 1))
+        ray.shutdown()
+    else:
+        print(measure(args, args.where))
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("where", choices=["main", "thread"])
+    parser.add_argument("where", choices=["main", "thread", "ray-actor"])
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=".cache/vlgraph/checkpoints")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def measure(args: argparse.Namespace, where: str) -> str:
+    """Time ``args.batches`` batches on the main thread or a worker thread; one line."""
     torch.set_num_threads(args.threads)
     folder = ensure_checkpoint("blip-caption", args.cache_dir, "full")
     processor = BlipProcessor.from_pretrained(folder)
@@ -52,22 +72,21 @@ def main() -> None:
         with torch.inference_mode():
             model.generate(**processor(images=images, return_tensors="pt"), **kwargs)
 
-    def run_all() -> None:
+    def timed() -> tuple[float, resource.struct_rusage, resource.struct_rusage]:
+        one_batch()  # warm-up at the measured shape, in the measuring thread
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(args.batches):
             one_batch()
+        return time.perf_counter() - started, before, resource.getrusage(resource.RUSAGE_SELF)
 
-    one_batch()  # warm-up at the measured shape
-    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    if args.where == "main":
-        run_all()
+    if where == "main":
+        elapsed, before, after = timed()
     else:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(run_all).result()
-    elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
+            elapsed, before, after = pool.submit(timed).result()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(
-        f"{args.where}: {elapsed / args.batches:.2f} s/batch of {args.batch}, "
+    return (
+        f"{where}: {elapsed / args.batches:.2f} s/batch of {args.batch}, "
         f"CPU {cpu / elapsed * 100:.0f}%, sys {after.ru_stime - before.ru_stime:.2f} s, "
         f"minor faults {after.ru_minflt - before.ru_minflt}"
     )
