@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -50,7 +50,7 @@ def raw_images_per_second(checkpoint: Path, images: list[Path], batch: int, toke
 
     processor = BlipProcessor.from_pretrained(checkpoint)
     model = BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    decoded = [Image.open(io.BytesIO(path.read_bytes())).convert("RGB") for path in images]
+    decoded = [Image.open(path).convert("RGB") for path in images]
     kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
     with torch.inference_mode():
         # Warm up with a full batch, as the served path is: first calls at a shape are slow.
@@ -155,8 +155,6 @@ def serve_app(
 def use_replica_allocator_settings() -> None:
     """Re-run this process with the allocator settings model replicas get, so that the raw
     baseline and the served path use the same malloc (glibc reads them at start-up only)."""
-    import os
-
     from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
 
     if any(os.environ.get(key) != value for key, value in CPU_ALLOCATOR_ENV.items()):
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         "allocator_tuning": not args.no_allocator_tuning,
         "max_ongoing": args.max_ongoing,
         "machine": {
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
         },

@@ -112,7 +112,7 @@ def transient_service_error(error: BaseException) -> ServiceUnavailableError | N
             "the service is at capacity; retry after the Retry-After delay",
             code="overloaded",
             status=error.status_code,
-            retry_after_s=error.retry_after_s or ServiceUnavailableError.DEFAULT_RETRY_AFTER_S,
+            retry_after_s=error.retry_after_s,
         )
     if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
         return ServiceUnavailableError(

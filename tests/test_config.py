@@ -131,21 +131,13 @@ def test_model_replicas_get_allocator_settings_unless_turned_off() -> None:
     blip = AppConfig.model_validate(profile_args("configs/offline.yaml")).models.blip
     env = blip.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
     assert env == CPU_ALLOCATOR_ENV
-    custom = blip.model_copy(
-        update={
-            "deployment": blip.deployment.model_copy(
-                update={
-                    "ray_actor_options": blip.deployment.ray_actor_options.model_copy(
-                        update={"runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2", "X": "1"}}}
-                    )
-                }
-            )
-        }
-    )
+    custom = AppConfig.model_validate(
+        with_change(
+            "models.blip.deployment.ray_actor_options.runtime_env",
+            {"env_vars": {"MALLOC_ARENA_MAX": "2", "X": "1"}},
+        )
+    ).models.blip
     merged = custom.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
     assert merged["MALLOC_ARENA_MAX"] == "2" and merged["X"] == "1"
     off = blip.model_copy(update={"tune_cpu_allocator": False})
-    assert (
-        "runtime_env" not in off.serve_options()["ray_actor_options"]
-        or not (off.serve_options()["ray_actor_options"]["runtime_env"])
-    )
+    assert not off.serve_options()["ray_actor_options"].get("runtime_env")

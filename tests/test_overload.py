@@ -11,6 +11,7 @@ import pytest
 
 from graphs.app import build_app
 from tests.conftest import make_test_config, wait_until_healthy
+from vlgraph.config import AppConfig
 
 pytestmark = pytest.mark.integration
 
@@ -22,19 +23,12 @@ def tight_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> It
     """The app with a captioner that runs one image at a time and queues one more."""
     from ray import serve
 
-    config = make_test_config(checkpoint_cache, image_root)
-    blip = config.models.blip.model_copy(
-        update={
-            "generation": config.models.blip.generation.model_copy(
-                update={"max_new_tokens": 40, "min_new_tokens": 40}
-            ),
-            "batching": config.models.blip.batching.model_copy(update={"max_batch_size": 1}),
-            "deployment": config.models.blip.deployment.model_copy(
-                update={"max_ongoing_requests": 1, "max_queued_requests": 1}
-            ),
-        }
-    )
-    config = config.model_copy(update={"models": config.models.model_copy(update={"blip": blip})})
+    args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
+    blip = args["models"]["blip"]
+    blip["generation"].update(max_new_tokens=40, min_new_tokens=40)
+    blip["batching"]["max_batch_size"] = 1
+    blip["deployment"].update(max_ongoing_requests=1, max_queued_requests=1)
+    config = AppConfig.model_validate(args)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/tight")
     url = f"http://127.0.0.1:{ray_instance}/tight"
     wait_until_healthy(url)

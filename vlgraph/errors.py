@@ -2,7 +2,7 @@
 
 Model deployments never raise through a batch: a failed item becomes an :class:`ItemError`
 next to its neighbours' results. The ingress turns either form into an HTTP response in one
-place (``deployments.errors_http``), so every route answers errors the same way.
+place (``deployments.http_errors``), so every route answers errors the same way.
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ class ServiceUnavailableError(ServiceError):
         *,
         code: str | None = None,
         status: int | None = None,
-        retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+        retry_after_s: float | None = None,
     ):
         super().__init__(message, code=code, status=status)
         # HTTP's Retry-After is whole seconds.
-        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        self.retry_after_s = max(1, math.ceil(retry_after_s or self.DEFAULT_RETRY_AFTER_S))
 
 
 class ModelUnavailableError(ServiceError):

@@ -159,20 +159,18 @@ def main(argv: list[str] | None = None) -> None:
         document = yaml.safe_load(file)
     for application in document.get("applications", []):
         config = AppConfig.model_validate(application.get("args") or {})
+        cache_dir = config.resolved_cache_dir()
         for name, model in config.models:
             try:
                 if args.check:
-                    check_model_available(
-                        name, model.source, config.resolved_cache_dir(), model.revision
-                    )
-                    print(f"{name}: {model.source} available")
-                    continue
-                path = resolve_model_path(
-                    name, model.source, config.resolved_cache_dir(), model.revision
-                )
+                    check_model_available(name, model.source, cache_dir, model.revision)
+                    outcome = "available"
+                else:
+                    path = resolve_model_path(name, model.source, cache_dir, model.revision)
+                    outcome = f"-> {path}"
             except ModelUnavailableError as error:
                 raise SystemExit(f"error: {error.message}") from None
-            print(f"{name}: {model.source} -> {path}")
+            print(f"{name}: {model.source} {outcome}")
 
 
 if __name__ == "__main__":
