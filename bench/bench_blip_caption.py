@@ -7,7 +7,9 @@ downloaded), a fixed number of new tokens, the same images for both paths.
     python bench/bench_blip_caption.py --size tiny --requests-per-level 8   # smoke run
 
 Prints images/s, p50/p99 latency and the served/raw ratio per concurrency, and writes the
-figures as JSON under bench/results/.
+figures as JSON under bench/results/. The raw model runs twice: first with the machine to
+itself, then again beside the idle app, so the cost of Ray's and Serve's own processes on the
+same cores shows apart from the cost of the served path.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def serve_app(
     threads: int,
     tune: bool,
     max_ongoing: int,
+    replicas: int,
 ) -> str:
     """Start Ray and the vlgraph app on ``checkpoint``; returns the base URL."""
     import ray
@@ -140,9 +143,10 @@ def serve_app(
                     "generation": {"max_new_tokens": tokens, "min_new_tokens": tokens},
                     "batching": {"max_batch_size": batch, "batch_wait_timeout_s": 0.1},
                     "deployment": {
+                        "num_replicas": replicas,
                         "max_ongoing_requests": max_ongoing,
                         "max_queued_requests": 1024,
-                        "ray_actor_options": {"num_cpus": 1},
+                        "ray_actor_options": {"num_cpus": 1 / replicas},
                     },
                 }
             },
@@ -181,7 +185,14 @@ def main(argv: list[str] | None = None) -> None:
         "the ingress's router instead of the replica's batch queue)",
     )
     parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (fixed)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, raw and served")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the raw model")
+    parser.add_argument("--replicas", type=int, default=1, help="BLIP replicas")
+    parser.add_argument(
+        "--replica-threads",
+        type=int,
+        default=0,
+        help="torch threads per replica (default: --threads divided over the replicas)",
+    )
     parser.add_argument("--cache-dir", default=".cache/vlgraph/checkpoints")
     parser.add_argument("--output", default="bench/results/blip_caption.json")
     parser.add_argument(
@@ -202,28 +213,44 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         images = make_images(Path(folder), max(levels.values()))
         raw = raw_images_per_second(checkpoint, images, args.batch, args.tokens)
-        print(f"raw in-process generate, batch {args.batch}: {raw['images_per_s']:.3f} images/s")
         url = serve_app(
             checkpoint,
             Path(folder),
             args.batch,
             args.tokens,
-            args.threads,
+            args.replica_threads or max(1, args.threads // args.replicas),
             not args.no_allocator_tuning,
             args.max_ongoing,
+            args.replicas,
         )
         # Warm the HTTP path and the replica with one full batch.
         asyncio.run(drive(url, [p.name for p in images], args.batch, args.batch))
         served = []
         for concurrency, total in levels.items():
-            result = asyncio.run(drive(url, [p.name for p in images], concurrency, total))
-            result["served_over_raw"] = result["images_per_s"] / raw["images_per_s"]
-            served.append(result)
-            print(
-                f"concurrency {concurrency:3d}: {result['images_per_s']:.3f} images/s  "
-                f"p50 {result['p50_s']:.2f} s  p99 {result['p99_s']:.2f} s  "
-                f"served/raw {result['served_over_raw']:.2f}  errors {result['errors']}"
-            )
+            served.append(asyncio.run(drive(url, [p.name for p in images], concurrency, total)))
+        # The same raw run again, now beside the idle app: Ray's and Serve's own processes
+        # (GCS, raylet, controller, proxy, idle replicas) share this machine's cores.
+        raw_beside_app = raw_images_per_second(checkpoint, images, args.batch, args.tokens)
+    print(
+        f"raw in-process generate, batch {args.batch}, machine to itself: "
+        f"{raw['images_per_s']:.3f} images/s"
+    )
+    print(
+        f"raw in-process generate, batch {args.batch}, beside the idle app: "
+        f"{raw_beside_app['images_per_s']:.3f} images/s"
+    )
+    for result in served:
+        result["served_over_raw"] = result["images_per_s"] / raw["images_per_s"]
+        result["served_over_raw_beside_app"] = (
+            result["images_per_s"] / raw_beside_app["images_per_s"]
+        )
+        print(
+            f"concurrency {result['concurrency']:3d}: {result['images_per_s']:.3f} images/s  "
+            f"p50 {result['p50_s']:.2f} s  p99 {result['p99_s']:.2f} s  "
+            f"served/raw {result['served_over_raw']:.2f} "
+            f"(beside the app {result['served_over_raw_beside_app']:.2f})  "
+            f"errors {result['errors']}"
+        )
     report = {
         "benchmark": "blip_caption",
         "command": command,
@@ -231,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         "tokens": args.tokens,
         "batch": args.batch,
         "threads": args.threads,
+        "replicas": args.replicas,
+        "replica_threads": args.replica_threads or max(1, args.threads // args.replicas),
         "allocator_tuning": not args.no_allocator_tuning,
         "max_ongoing": args.max_ongoing,
         "machine": {
@@ -239,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             "torch": torch.__version__,
         },
         "raw": raw,
+        "raw_beside_app": raw_beside_app,
         "served": served,
     }
     output = Path(args.output)

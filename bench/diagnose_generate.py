@@ -88,7 +88,9 @@ def measure(args: argparse.Namespace, where: str) -> str:
     return (
         f"{where}: {elapsed / args.batches:.2f} s/batch of {args.batch}, "
         f"CPU {cpu / elapsed * 100:.0f}%, sys {after.ru_stime - before.ru_stime:.2f} s, "
-        f"minor faults {after.ru_minflt - before.ru_minflt}"
+        f"minor faults {after.ru_minflt - before.ru_minflt}, "
+        f"context switches {after.ru_nvcsw - before.ru_nvcsw} voluntary, "
+        f"{after.ru_nivcsw - before.ru_nivcsw} involuntary"
     )
 
 

@@ -8,7 +8,6 @@ one bad image never fails the other requests of its batch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +20,7 @@ from vlgraph.errors import InferenceError, ServiceError
 from vlgraph.images import decode_image
 from vlgraph.messages import CaptionRequest, CaptionResult
 from vlgraph.model_source import resolve_model_path
+from vlgraph.model_thread import ModelThread
 from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
 
 logger = logging.getLogger("ray.serve")
@@ -30,6 +30,11 @@ class BlipCaptioner:
     """Captions images with ``BlipForConditionalGeneration``; greedy decoding by default."""
 
     def __init__(self, config: BlipCaptionConfig, checkpoint_cache_dir: str, name: str = "blip"):
+        self._model_thread = ModelThread(name)
+        self._model_thread.call(self._load, config, checkpoint_cache_dir, name)
+        self.reconfigure(config.user_config())
+
+    def _load(self, config: BlipCaptionConfig, checkpoint_cache_dir: str, name: str) -> None:
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -49,7 +54,6 @@ class BlipCaptioner:
             "repetition_penalty": generation.repetition_penalty,
             "do_sample": False,
         }
-        self.reconfigure(config.user_config())
         self._warm_up()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -64,10 +68,14 @@ class BlipCaptioner:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        return await asyncio.to_thread(self.caption_now, requests)
+        return await self._model_thread.run(self._caption_group_by_prompt, requests)
 
     def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        """Caption a list of images in this thread: decode each, then one generate per prompt.
+        """Caption a list of images as one batch, waiting for the model thread."""
+        return self._model_thread.call(self._caption_group_by_prompt, requests)
+
+    def _caption_group_by_prompt(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """Decode each image, then one ``generate`` per prompt, on the model thread.
 
         BLIP only batches exactly when every sequence has the same text prefix, so requests
         are grouped by prompt; each group is one ``generate`` call.
