@@ -16,9 +16,10 @@ from typing import Any
 from ray import serve
 
 from vlgraph.config import BatchingConfig, BlipCaptionConfig
-from vlgraph.errors import InferenceError, ServiceError
+from vlgraph.errors import BadRequestError, InferenceError, ServiceError
+from vlgraph.flags import NO_WORDS, YES_WORDS, answer_token_ids, yes_beats_no
 from vlgraph.images import decode_image
-from vlgraph.messages import CaptionRequest, CaptionResult
+from vlgraph.messages import CaptionRequest, CaptionResult, FlagRequest, FlagResult
 from vlgraph.model_source import resolve_model_path
 from vlgraph.model_thread import ModelThread
 from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
@@ -46,21 +47,17 @@ class BlipCaptioner:
         self._processor = BlipProcessor.from_pretrained(path)
         model = BlipForConditionalGeneration.from_pretrained(path, dtype=self._dtype)
         self._model = model.to(self._device).eval()
-        generation = config.generation
-        self._generate_kwargs: dict[str, Any] = {
-            "max_new_tokens": generation.max_new_tokens,
-            "min_new_tokens": generation.min_new_tokens,
-            "num_beams": generation.num_beams,
-            "repetition_penalty": generation.repetition_penalty,
-            "do_sample": False,
-        }
+        self._generate_kwargs = config.generation.generate_kwargs()
+        tokenizer = self._processor.tokenizer
+        self._yes_ids = answer_token_ids(tokenizer, YES_WORDS)
+        self._no_ids = answer_token_ids(tokenizer, NO_WORDS)
         self._warm_up()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and wait time live (``user_config`` in the Serve config)."""
-        batching = BatchingConfig.model_validate(user_config.get("batching", {}))
-        self._caption_batch.set_max_batch_size(batching.max_batch_size)
-        self._caption_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        BatchingConfig.model_validate(user_config.get("batching", {})).apply(
+            self._caption_batch, self._flag_batch
+        )
 
     async def caption(self, request: CaptionRequest) -> CaptionResult:
         """Caption one image; concurrent calls are batched together."""
@@ -102,6 +99,58 @@ class BlipCaptioner:
                     else CaptionResult(error=failure.as_item_error())
                 )
         return results  # type: ignore[return-value]  # every index was filled above
+
+    async def flag(self, request: FlagRequest) -> FlagResult:
+        """Answer a yes/no question about one image; concurrent calls are batched."""
+        return await self._flag_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _flag_batch(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        return await self._model_thread.run(self._flag_group_by_question, requests)
+
+    def flag_now(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        """Answer a list of flag questions as one batch, waiting for the model thread."""
+        return self._model_thread.call(self._flag_group_by_question, requests)
+
+    def _flag_group_by_question(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        results: list[FlagResult | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            try:
+                if len(request.images) != 1:
+                    raise BadRequestError("BLIP answers flag questions about one image at a time")
+                groups[request.question].append((index, decode_image(request.images[0])))
+            except ServiceError as error:
+                results[index] = FlagResult(error=error.as_item_error())
+        for question, members in groups.items():
+            try:
+                flags = self._score_yes_no([image for _, image in members], question)
+            except Exception:
+                logger.exception("BLIP flag scoring failed for a group of %d", len(members))
+                failure = InferenceError("the captioning model failed on this image")
+                flags = None
+            for position, (index, _) in enumerate(members):
+                results[index] = (
+                    FlagResult(flagged=flags[position])
+                    if flags is not None
+                    else FlagResult(error=failure.as_item_error())
+                )
+        return results  # type: ignore[return-value]  # every index was filled above
+
+    def _score_yes_no(self, images: list[Any], question: str) -> list[bool]:
+        # The question becomes the caption's text prefix, as generate would see it: the
+        # trailing [SEP] dropped and the first token replaced by the decoder's start token.
+        prefix = f"{question.strip()} answer:"
+        inputs = self._processor(images=images, text=[prefix] * len(images), return_tensors="pt")
+        input_ids = inputs["input_ids"][:, :-1].clone()
+        input_ids[:, 0] = self._model.config.text_config.bos_token_id
+        with self._torch.inference_mode():
+            logits = self._model(
+                pixel_values=inputs["pixel_values"].to(self._device, self._dtype),
+                input_ids=input_ids.to(self._device),
+                attention_mask=inputs["attention_mask"][:, :-1].to(self._device),
+            ).logits
+        return yes_beats_no(logits[:, -1].float(), self._yes_ids, self._no_ids)
 
     def _generate(self, images: list[Any], prompt: str | None) -> list[str]:
         text = [prompt] * len(images) if prompt else None

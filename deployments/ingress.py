@@ -9,8 +9,9 @@ served exactly as that document writes them.
 import asyncio
 import time
 from pathlib import Path
+from typing import Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, File, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +24,7 @@ from deployments.http_errors import (
 from vlgraph import __version__
 from vlgraph.config import IngressConfig
 from vlgraph.errors import (
+    BadRequestError,
     ItemError,
     PayloadTooLargeError,
     ServiceError,
@@ -30,7 +32,18 @@ from vlgraph.errors import (
 )
 from vlgraph.image_paths import read_image_file, resolve_image_path
 from vlgraph.images import inspect_image
-from vlgraph.messages import CaptionRequest, CaptionResult
+from vlgraph.messages import (
+    CaptionRequest,
+    CaptionResult,
+    CollectionCaptionRequest,
+    FlagRequest,
+    FlagResult,
+)
+from vlgraph.tags import caption_tags
+
+ModelName = Literal["blip", "blip2", "gemma", "intern_vlm"]
+#: Models that read several images in one prompt, hence give one caption for a set.
+COLLECTIVE_MODELS: tuple[ModelName, ...] = ("gemma", "intern_vlm")
 
 api = FastAPI(
     title="vlgraph",
@@ -101,6 +114,66 @@ class BatchCaptionResponse(BaseModel):
     total_processing_time: float
 
 
+class CaptionImagesItem(BaseModel):
+    """One uploaded image's caption, tags and flag (document 001), or its error."""
+
+    filename: str
+    caption: str | None = None
+    tags: list[str] = Field(
+        default_factory=list, description="Content words of the caption (see the README)."
+    )
+    flagged: bool = Field(
+        False, description="The model's yes/no answer to flag_caption_prompt; false without it."
+    )
+    cache: bool = Field(False, description="Whether the cache answered.")
+    error: ItemError | None = Field(None, description="Why this image got no caption.")
+
+
+class CaptionImagesResponse(BaseModel):
+    """Results in upload order."""
+
+    results: list[CaptionImagesItem]
+
+
+class CollectiveCaptionResponse(BaseModel):
+    """One caption for a set of images (document 001)."""
+
+    collective_caption: str
+    count: int = Field(description="How many images the caption describes.")
+    tags: list[str]
+    flagged: bool
+
+
+_IMAGES_FILE = File(description="One or more JPEG, PNG or WebP images, judged by content.")
+_IMAGE_SET_FILE = File(description="The JPEG, PNG or WebP images of the set.")
+_MODEL_QUERY = Query("blip", description="Which model captions: blip, blip2, gemma, intern_vlm.")
+_CAPTION_PROMPT_QUERY = Query(
+    None, description="Conditions the caption: BLIP's text prefix, the VLMs' instruction."
+)
+_FLAG_PROMPT_QUERY = Query(
+    None, description="A yes/no question about the image; flagged is the model's answer."
+)
+
+
+# Module-level helpers the routes call must be defined above the class: @serve.ingress pickles
+# the FastAPI app (routes included) when the class is decorated, capturing the globals that
+# exist at that moment.
+async def _typed(call):
+    """Await a handle call; Serve's overload and dead-replica errors become a typed 503
+    (Serve answers its own exceptions before any middleware could)."""
+    try:
+        return await call
+    except Exception as error:
+        transient = transient_service_error(error)
+        if transient is None:
+            raise
+        raise transient from None
+
+
+async def _resolved(value):
+    return value
+
+
 @serve.ingress(api)
 class Ingress:
     """Routes requests to the model deployments; owns validation and error mapping."""
@@ -156,6 +229,162 @@ class Ingress:
         """Same contract as ``/batch-caption`` (both fan out; Ray batches on the model side)."""
         return await self._caption_paths(body.image_paths)
 
+    @api.post(
+        "/api/caption-images",
+        response_model=CaptionImagesResponse,
+        summary="Caption uploaded images with a chosen model (document 001)",
+        responses=error_responses(400, 413, 415, 422, 503),
+    )
+    async def caption_images(
+        self,
+        images: list[UploadFile] = _IMAGES_FILE,
+        model: ModelName = _MODEL_QUERY,
+        caption_prompt: str | None = _CAPTION_PROMPT_QUERY,
+        flag_caption_prompt: str | None = _FLAG_PROMPT_QUERY,
+    ) -> CaptionImagesResponse:
+        """Caption each image; with several, a bad image gets its own ``error`` entry."""
+        handle = self._captioner(model)
+        caption_prompt, flag_prompt = self._prompts(caption_prompt, flag_caption_prompt)
+        uploads = await self._read_uploads(images)
+        items = await asyncio.gather(
+            *(
+                self._caption_upload(handle, name, data, caption_prompt, flag_prompt)
+                for name, data in uploads
+            )
+        )
+        if len(items) == 1 and items[0].error is not None:
+            raise ServiceError.from_item_error(items[0].error)
+        return CaptionImagesResponse(results=list(items))
+
+    @api.post(
+        "/api/caption-collective-images",
+        response_model=CollectiveCaptionResponse,
+        summary="One caption for a set of uploaded images (document 001; gemma, intern_vlm)",
+        responses=error_responses(400, 413, 415, 422, 503),
+    )
+    async def caption_collective_images(
+        self,
+        images: list[UploadFile] = _IMAGE_SET_FILE,
+        model: ModelName = _MODEL_QUERY,
+        caption_prompt: str | None = _CAPTION_PROMPT_QUERY,
+        flag_caption_prompt: str | None = _FLAG_PROMPT_QUERY,
+    ) -> CollectiveCaptionResponse:
+        """Caption the images together; every image must be valid."""
+        if model not in COLLECTIVE_MODELS:
+            raise BadRequestError(
+                f"collective captions need a model that reads several images at once: "
+                f"use model={' or model='.join(COLLECTIVE_MODELS)}, not {model}",
+                code="collective_not_supported",
+            )
+        handle = self._captioner(model)
+        caption_prompt, flag_prompt = self._prompts(caption_prompt, flag_caption_prompt)
+        uploads = await self._read_uploads(images)
+        for name, data in uploads:
+            if isinstance(data, ItemError):
+                raise ServiceError.from_item_error(
+                    data.model_copy(update={"message": f"{name}: {data.message}"})
+                )
+        image_set = tuple(data for _, data in uploads)
+        caption_call = handle.caption_collection.remote(
+            CollectionCaptionRequest(images=image_set, prompt=caption_prompt)
+        )
+        flag_call = self._flag_call(handle, image_set, flag_prompt)
+        result, flag = await asyncio.gather(_typed(caption_call), _typed(flag_call))
+        for outcome in (result, flag):
+            if outcome.error is not None:
+                raise ServiceError.from_item_error(outcome.error)
+        caption = result.caption or ""
+        return CollectiveCaptionResponse(
+            collective_caption=caption,
+            count=len(image_set),
+            tags=caption_tags(caption, self._config.max_tags, caption_prompt),
+            flagged=bool(flag.flagged),
+        )
+
+    def _captioner(self, model: str) -> DeploymentHandle:
+        handle = self._captioners.get(model)
+        if handle is None:
+            raise BadRequestError(
+                f"model {model} is not served by the {self._profile} profile; served models: "
+                + ", ".join(self._model_names()),
+                code="model_not_served",
+            )
+        return handle
+
+    def _prompts(self, *prompts: str | None) -> list[str | None]:
+        """Blank prompts count as absent; overlong ones are refused before any model runs."""
+        limit = self._config.max_prompt_chars
+        cleaned: list[str | None] = []
+        for prompt in prompts:
+            text = (prompt or "").strip()
+            if len(text) > limit:
+                raise ServiceError(
+                    f"a prompt of {len(text)} characters; the limit is {limit}",
+                    code="prompt_too_long",
+                    status=422,
+                )
+            cleaned.append(text or None)
+        return cleaned
+
+    async def _read_uploads(self, files: list[UploadFile]) -> list[tuple[str, bytes | ItemError]]:
+        """Each upload's name and bytes, checked (size, pixels, format by content), or the
+        error that refuses it."""
+        limit = self._config.max_upload_images
+        if len(files) > limit:
+            raise PayloadTooLargeError(
+                f"{len(files)} images in one request; the limit is {limit}",
+                code="too_many_images",
+            )
+        uploads: list[tuple[str, bytes | ItemError]] = []
+        for index, upload in enumerate(files):
+            name = upload.filename or f"image{index}"
+            data = await upload.read(self._config.max_image_bytes + 1)
+            try:
+                if len(data) > self._config.max_image_bytes:
+                    raise PayloadTooLargeError(
+                        f"{name} is over the {self._config.max_image_bytes}-byte limit",
+                        code="image_too_large",
+                    )
+                inspect_image(data, self._config.allowed_formats, self._config.max_image_pixels)
+            except ServiceError as error:
+                uploads.append((name, error.as_item_error()))
+                continue
+            uploads.append((name, data))
+        return uploads
+
+    async def _caption_upload(
+        self,
+        handle: DeploymentHandle,
+        name: str,
+        data: bytes | ItemError,
+        caption_prompt: str | None,
+        flag_prompt: str | None,
+    ) -> CaptionImagesItem:
+        if isinstance(data, ItemError):
+            return CaptionImagesItem(filename=name, error=data)
+        caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
+        flag_call = self._flag_call(handle, (data,), flag_prompt)
+        try:
+            result, flag = await asyncio.gather(_typed(caption_call), _typed(flag_call))
+        except ServiceUnavailableError as error:
+            return CaptionImagesItem(filename=name, error=error.as_item_error())
+        error = result.error or flag.error
+        if error is not None:
+            return CaptionImagesItem(filename=name, error=error)
+        caption = result.caption or ""
+        return CaptionImagesItem(
+            filename=name,
+            caption=caption,
+            tags=caption_tags(caption, self._config.max_tags, caption_prompt),
+            flagged=bool(flag.flagged),
+        )
+
+    @staticmethod
+    def _flag_call(handle: DeploymentHandle, images: tuple[bytes, ...], question: str | None):
+        if question is None:
+            return _resolved(FlagResult(flagged=False))
+        return handle.flag.remote(FlagRequest(images=images, question=question))
+
     def _model_names(self) -> list[str]:
         return sorted(self._captioners)
 
@@ -193,14 +422,7 @@ class Ingress:
             image = await asyncio.to_thread(self._load_image, path)
         except ServiceError as error:
             return CaptionResult(error=error.as_item_error())
-        try:
-            return await self._captioners["blip"].caption.remote(CaptionRequest(image=image))
-        except Exception as error:
-            # Serve answers its own exceptions before any middleware: type them here.
-            transient = transient_service_error(error)
-            if transient is None:
-                raise
-            raise transient from None
+        return await _typed(self._captioners["blip"].caption.remote(CaptionRequest(image=image)))
 
     def _load_image(self, raw_path: str) -> bytes:
         path: Path = resolve_image_path(raw_path, self._image_root)

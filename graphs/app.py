@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from deployments.blip_caption import BlipCaptionDeployment
 from deployments.ingress import IngressDeployment
+from deployments.vlm_caption import VisionLanguageDeployment
 from vlgraph.config import AppConfig
 from vlgraph.model_source import check_model_available
 
@@ -22,13 +23,21 @@ def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     cache_dir = config.resolved_cache_dir()
     if config.check_models_before_start:
-        for name, model in config.models:
+        for name, model in config.models.served().items():
             check_model_available(name, model.source, cache_dir, model.revision)
 
     blip = config.models.blip
-    captioner = BlipCaptionDeployment.options(**blip.serve_options()).bind(
-        blip, str(cache_dir), "blip"
-    )
+    captioners = {
+        "blip": BlipCaptionDeployment.options(**blip.serve_options()).bind(
+            blip, str(cache_dir), "blip"
+        )
+    }
+    for name, model in config.models.served().items():
+        if name != "blip":
+            options = {"name": f"{name}_caption", **model.serve_options()}
+            captioners[name] = VisionLanguageDeployment.options(**options).bind(
+                model, str(cache_dir), name
+            )
 
     # Paths are resolved here, in the process that reads the config file, so that a relative
     # image root means the same folder for every replica.
@@ -36,5 +45,5 @@ def build_app(args: AppConfig) -> Application:
         update={"image_root": config.ingress.resolved_image_root()}
     )
     return IngressDeployment.options(**ingress_config.deployment.serve_options()).bind(
-        captioners={"blip": captioner}, config=ingress_config, profile=config.profile
+        captioners=captioners, config=ingress_config, profile=config.profile
     )

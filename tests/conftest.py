@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_MAX_IMAGE_BYTES = 300_000
 TEST_MAX_IMAGE_PIXELS = 2_000_000
 TEST_MAX_BATCH_IMAGES = 8
+TEST_MAX_UPLOAD_IMAGES = 4
+TEST_MAX_PROMPT_CHARS = 200
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,8 +83,22 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def tiny_vlm_config(family: str, **fields: object) -> dict:
+    """A tiny vision-language model deployment as the tests run it."""
+    return {
+        "family": family,
+        "source": f"tiny:{family}",
+        "device": "cpu",
+        "torch_threads": 1,
+        "generation": {"max_new_tokens": 8},
+        "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+        "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+        **fields,
+    }
+
+
 def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
-    """The application as the integration tests run it: tiny BLIP, small limits."""
+    """The application as the integration tests run it: every model tiny, small limits."""
     return AppConfig.model_validate(
         {
             "profile": "test",
@@ -92,6 +108,8 @@ def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
                 "max_image_bytes": TEST_MAX_IMAGE_BYTES,
                 "max_image_pixels": TEST_MAX_IMAGE_PIXELS,
                 "max_batch_images": TEST_MAX_BATCH_IMAGES,
+                "max_upload_images": TEST_MAX_UPLOAD_IMAGES,
+                "max_prompt_chars": TEST_MAX_PROMPT_CHARS,
                 "deployment": {
                     "max_ongoing_requests": 64,
                     "ray_actor_options": {"num_cpus": 0.1},
@@ -108,7 +126,10 @@ def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
                         "max_ongoing_requests": 16,
                         "ray_actor_options": {"num_cpus": 0.5},
                     },
-                }
+                },
+                "blip2": tiny_vlm_config("blip2", caption_instruction=None),
+                "gemma": tiny_vlm_config("gemma3"),
+                "intern_vlm": tiny_vlm_config("internvl"),
             },
         }
     )

@@ -93,6 +93,29 @@ def test_offline_profile_serves_the_readme_examples(user_env: dict[str, str]) ->
             batch = httpx.post(f"{OFFLINE_URL}{route}", json=body, timeout=60)
             assert batch.status_code == 200, batch.text
             assert all(item["caption"] for item in batch.json()["results"])
+        # README, "Multi-model captioning": document 001's two curl examples.
+        examples = REPO_ROOT / "images"
+        one = [("images", ("example.jpg", (examples / "example.jpg").read_bytes(), "image/jpeg"))]
+        captions = httpx.post(
+            f"{OFFLINE_URL}/api/caption-images",
+            params={"model": "blip", "caption_prompt": "a photo of"},
+            files=one,
+            timeout=60,
+        )
+        assert captions.status_code == 200, captions.text
+        assert captions.json()["results"][0]["caption"].startswith("a photo of")
+        pair = [
+            ("images", (name, (examples / name).read_bytes(), "image/jpeg"))
+            for name in ("example1.jpg", "example2.jpg")
+        ]
+        collective = httpx.post(
+            f"{OFFLINE_URL}/api/caption-collective-images",
+            params={"model": "gemma"},
+            files=pair,
+            timeout=60,
+        )
+        assert collective.status_code == 200, collective.text
+        assert collective.json()["count"] == 2
         assert httpx.get(f"{OFFLINE_URL}/docs", timeout=10).status_code == 200
     finally:
         server.stop()

@@ -32,7 +32,7 @@ def test_health_check_answers_json(app: RunningApp) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
-    assert body["models"] == ["blip"]
+    assert body["models"] == ["blip", "blip2", "gemma", "intern_vlm"]
     assert response.headers["x-request-id"]
 
 

@@ -120,6 +120,12 @@ class BatchingConfig(StrictModel):
         0.01, ge=0, le=10, description="How long a partial batch waits for more requests."
     )
 
+    def apply(self, *batched_methods: Any) -> None:
+        """Set these values on ``@serve.batch`` methods of a live replica."""
+        for method in batched_methods:
+            method.set_max_batch_size(self.max_batch_size)
+            method.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+
 
 class ModelFamilyConfig(StrictModel):
     """Fields shared by every model family."""
@@ -181,6 +187,10 @@ class CaptionGenerationConfig(StrictModel):
     num_beams: int = Field(1, ge=1, le=8)
     repetition_penalty: float = Field(1.0, gt=0)
 
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``generate``: these settings, greedy (``do_sample=False``)."""
+        return {**self.model_dump(), "do_sample": False}
+
     @model_validator(mode="after")
     def _min_not_above_max(self) -> CaptionGenerationConfig:
         if self.min_new_tokens > self.max_new_tokens:
@@ -195,10 +205,50 @@ class BlipCaptionConfig(ModelFamilyConfig):
     generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
 
 
+VisionLanguageFamilyName = Literal["blip2", "gemma3", "internvl"]
+
+
+class VisionLanguageConfig(ModelFamilyConfig):
+    """An instruction-following vision-language model (BLIP-2, Gemma 3, InternVL) that captions,
+    answers yes/no flag questions and, for multi-image families, captions a set of images."""
+
+    family: VisionLanguageFamilyName = Field(description="Which model architecture loads.")
+    caption_instruction: str | None = Field(
+        "Describe this image in one sentence.",
+        max_length=2000,
+        description="Instruction used when a request gives no caption_prompt (None: the model's "
+        "plain captioning prompt, BLIP-2 style).",
+    )
+    collection_instruction: str = Field(
+        "Describe this set of images in one sentence.",
+        max_length=2000,
+        description="Instruction for one caption of several images.",
+    )
+    generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
+
+
+def _vision_language(family: VisionLanguageFamilyName, source: str, **fields: Any) -> Any:
+    return Field(
+        default_factory=lambda: VisionLanguageConfig(family=family, source=source, **fields)
+    )
+
+
 class ModelsConfig(StrictModel):
-    """Every model deployment of the application, keyed by the name used in the API."""
+    """Every model deployment of the application, keyed by the name used in the API
+    (``?model=blip|blip2|gemma|intern_vlm``). A model set to ``null`` is not served."""
 
     blip: BlipCaptionConfig = Field(default_factory=BlipCaptionConfig)
+    blip2: VisionLanguageConfig | None = _vision_language(
+        "blip2", "Salesforce/blip2-opt-2.7b", caption_instruction=None
+    )
+    gemma: VisionLanguageConfig | None = _vision_language("gemma3", "google/gemma-3-4b-it")
+    intern_vlm: VisionLanguageConfig | None = _vision_language(
+        "internvl", "OpenGVLab/InternVL3-1B-hf"
+    )
+
+    def served(self) -> dict[str, ModelFamilyConfig]:
+        """The models this profile serves, by API name."""
+        return {name: model for name, model in self if model is not None}
 
 
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
@@ -217,6 +267,13 @@ class IngressConfig(StrictModel):
         40_000_000, ge=1, description="Largest width x height accepted, checked before decoding."
     )
     max_batch_images: int = Field(64, ge=1, description="Most image paths in one batch request.")
+    max_upload_images: int = Field(
+        16, ge=1, description="Most uploaded images in one captioning request (413 past it)."
+    )
+    max_prompt_chars: int = Field(
+        500, ge=1, description="Longest caption_prompt or flag_caption_prompt (422 past it)."
+    )
+    max_tags: int = Field(5, ge=0, le=50, description="Most tags returned per caption.")
     allowed_formats: tuple[ImageFormat, ...] = Field(
         ("JPEG", "PNG", "WEBP"), min_length=1, description="Image formats, judged by content."
     )

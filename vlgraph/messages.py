@@ -25,3 +25,27 @@ class CaptionResult:
 
     caption: str | None = None
     error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class FlagRequest:
+    """A yes/no ``question`` about one image, or about a set of images together."""
+
+    images: tuple[bytes, ...]
+    question: str
+
+
+@dataclass(frozen=True)
+class FlagResult:
+    """Whether the model answered yes, or the error that kept it from answering."""
+
+    flagged: bool | None = None
+    error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class CollectionCaptionRequest:
+    """Several images that get one caption together; ``prompt`` replaces the instruction."""
+
+    images: tuple[bytes, ...]
+    prompt: str | None = None
