@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 #: The instruction of an item that has none, for the chat families (plain captioning).
 DEFAULT_INSTRUCTION = "Describe this image."
 
-#: Spellings whose first token starts a yes or a no answer.
-_YES_FORMS = ("yes", "Yes", " yes", " Yes")
-_NO_FORMS = ("no", "No", " no", " No")
-
 
 @dataclass(frozen=True)
 class VisionLanguageFamily:
@@ -104,10 +100,10 @@ class VisionLanguageFamily:
 
         Score yes/no by comparing the logits of these ids at the first answer position.
         """
-        tokenizer = processor.tokenizer
+        from vlgraph.flags import NO_WORDS, YES_WORDS, answer_token_ids
+
         yes, no = (
-            {_first_token(tokenizer, form) for form in forms} - {None}
-            for forms in (_YES_FORMS, _NO_FORMS)
+            set(answer_token_ids(processor.tokenizer, words)) for words in (YES_WORDS, NO_WORDS)
         )
         shared = yes & no
         return sorted(yes - shared), sorted(no - shared)
@@ -190,11 +186,6 @@ def _user_message(image_count: int, instruction: str | None) -> dict[str, Any]:
     content: list[dict[str, str]] = [{"type": "image"} for _ in range(image_count)]
     content.append({"type": "text", "text": instruction or DEFAULT_INSTRUCTION})
     return {"role": "user", "content": content}
-
-
-def _first_token(tokenizer: Any, text: str) -> int | None:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[0] if ids else None
 
 
 def _make_generation_greedy(generation: Any, tokenizer: Any, stop_tokens: tuple[str, ...]) -> None:
