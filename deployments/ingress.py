@@ -22,7 +22,8 @@ from deployments.http_errors import (
     transient_service_error,
 )
 from vlgraph import __version__
-from vlgraph.config import IngressConfig
+from vlgraph.cache import make_result_cache
+from vlgraph.config import CacheConfig, IngressConfig
 from vlgraph.errors import (
     BadRequestError,
     ItemError,
@@ -179,9 +180,16 @@ class Ingress:
     """Routes requests to the model deployments; owns validation and error mapping."""
 
     def __init__(
-        self, captioners: dict[str, DeploymentHandle], config: IngressConfig, profile: str
+        self,
+        captioners: dict[str, DeploymentHandle],
+        config: IngressConfig,
+        profile: str,
+        cache_config: CacheConfig | None = None,
+        model_fingerprints: dict[str, dict] | None = None,
     ):
         self._captioners = captioners
+        self._cache = make_result_cache(cache_config or CacheConfig(backend="none"))
+        self._fingerprints = model_fingerprints or {}
         self._config = config
         self._image_root = config.resolved_image_root()
         self._profile = profile
@@ -243,12 +251,12 @@ class Ingress:
         flag_caption_prompt: str | None = _FLAG_PROMPT_QUERY,
     ) -> CaptionImagesResponse:
         """Caption each image; with several, a bad image gets its own ``error`` entry."""
-        handle = self._captioner(model)
+        self._captioner(model)  # refuses a model this profile does not serve
         caption_prompt, flag_prompt = self._prompts(caption_prompt, flag_caption_prompt)
         uploads = await self._read_uploads(images)
         items = await asyncio.gather(
             *(
-                self._caption_upload(handle, name, data, caption_prompt, flag_prompt)
+                self._caption_upload(model, name, data, caption_prompt, flag_prompt)
                 for name, data in uploads
             )
         )
@@ -285,6 +293,13 @@ class Ingress:
                     data.model_copy(update={"message": f"{name}: {data.message}"})
                 )
         image_set = tuple(data for _, data in uploads)
+        key = None
+        if self._cache is not None:
+            params = self._cache_params(model, caption_prompt, flag_prompt)
+            key = self._cache.collection_key(image_set, model, params)
+            cached = await self._cache.get(key)
+            if cached is not None:
+                return self._collective(cached, len(image_set), caption_prompt)
         caption_call = handle.caption_collection.remote(
             CollectionCaptionRequest(images=image_set, prompt=caption_prompt)
         )
@@ -293,12 +308,19 @@ class Ingress:
         for outcome in (result, flag):
             if outcome.error is not None:
                 raise ServiceError.from_item_error(outcome.error)
-        caption = result.caption or ""
+        answer = {"caption": result.caption or "", "flagged": bool(flag.flagged)}
+        if key is not None:
+            await self._cache.put(key, answer)
+        return self._collective(answer, len(image_set), caption_prompt)
+
+    def _collective(
+        self, answer: dict, count: int, caption_prompt: str | None
+    ) -> CollectiveCaptionResponse:
         return CollectiveCaptionResponse(
-            collective_caption=caption,
-            count=len(image_set),
-            tags=caption_tags(caption, self._config.max_tags, caption_prompt),
-            flagged=bool(flag.flagged),
+            collective_caption=answer["caption"],
+            count=count,
+            tags=caption_tags(answer["caption"], self._config.max_tags, caption_prompt),
+            flagged=answer["flagged"],
         )
 
     def _captioner(self, model: str) -> DeploymentHandle:
@@ -354,7 +376,7 @@ class Ingress:
 
     async def _caption_upload(
         self,
-        handle: DeploymentHandle,
+        model: str,
         name: str,
         data: bytes | ItemError,
         caption_prompt: str | None,
@@ -362,6 +384,14 @@ class Ingress:
     ) -> CaptionImagesItem:
         if isinstance(data, ItemError):
             return CaptionImagesItem(filename=name, error=data)
+        handle = self._captioners[model]
+        key = None
+        if self._cache is not None:
+            params = self._cache_params(model, caption_prompt, flag_prompt)
+            key = self._cache.image_key(data, model, params)
+            cached = await self._cache.get(key)
+            if cached is not None:
+                return self._captioned(name, cached, caption_prompt, cache=True)
         caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
         flag_call = self._flag_call(handle, (data,), flag_prompt)
         try:
@@ -371,13 +401,33 @@ class Ingress:
         error = result.error or flag.error
         if error is not None:
             return CaptionImagesItem(filename=name, error=error)
-        caption = result.caption or ""
+        answer = {"caption": result.caption or "", "flagged": bool(flag.flagged)}
+        if key is not None:
+            await self._cache.put(key, answer)
+        return self._captioned(name, answer, caption_prompt, cache=False)
+
+    def _captioned(
+        self, name: str, answer: dict, caption_prompt: str | None, cache: bool
+    ) -> CaptionImagesItem:
         return CaptionImagesItem(
             filename=name,
-            caption=caption,
-            tags=caption_tags(caption, self._config.max_tags, caption_prompt),
-            flagged=bool(flag.flagged),
+            caption=answer["caption"],
+            tags=caption_tags(answer["caption"], self._config.max_tags, caption_prompt),
+            flagged=answer["flagged"],
+            cache=cache,
         )
+
+    def _cache_params(
+        self, model: str, caption_prompt: str | None, flag_prompt: str | None
+    ) -> dict:
+        """Everything that changes an answer: the model (name and result-relevant settings)
+        and the prompts."""
+        return {
+            "model": model,
+            "settings": self._fingerprints.get(model, {}),
+            "caption_prompt": caption_prompt,
+            "flag_prompt": flag_prompt,
+        }
 
     @staticmethod
     def _flag_call(handle: DeploymentHandle, images: tuple[bytes, ...], question: str | None):

@@ -17,6 +17,9 @@ from deployments.vlm_caption import VisionLanguageDeployment
 from vlgraph.config import AppConfig
 from vlgraph.model_source import check_model_available
 
+#: Model settings that never change an answer (batches are exact), left out of cache keys.
+RESULT_NEUTRAL_FIELDS = {"deployment", "batching", "torch_threads", "tune_cpu_allocator"}
+
 
 def build_app(args: AppConfig) -> Application:
     """Bind the model deployments and the ingress from a validated configuration."""
@@ -45,5 +48,12 @@ def build_app(args: AppConfig) -> Application:
         update={"image_root": config.ingress.resolved_image_root()}
     )
     return IngressDeployment.options(**ingress_config.deployment.serve_options()).bind(
-        captioners=captioners, config=ingress_config, profile=config.profile
+        captioners=captioners,
+        config=ingress_config,
+        profile=config.profile,
+        cache_config=config.cache,
+        model_fingerprints={
+            name: model.model_dump(mode="json", exclude=RESULT_NEUTRAL_FIELDS)
+            for name, model in config.models.served().items()
+        },
     )

@@ -8,7 +8,9 @@ the ``serve run`` command line as a user would.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +105,9 @@ def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
         {
             "profile": "test",
             "checkpoint_cache_dir": str(checkpoint_cache),
+            # Off here so that batched-equals-single tests compute every answer; the cache
+            # has its own app in test_cache_http.py.
+            "cache": {"backend": "none"},
             "ingress": {
                 "image_root": str(image_root),
                 "max_image_bytes": TEST_MAX_IMAGE_BYTES,
@@ -210,3 +215,59 @@ def wait_until_healthy(url: str, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not become healthy within {timeout_s} s")
         time.sleep(0.5)
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, stoppable and restartable."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        import redis
+
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server (its data is gone: no persistence)."""
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session (tests may stop and restart it)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -287,6 +287,39 @@ class IngressConfig(StrictModel):
         return root.expanduser().resolve()
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+class CacheConfig(StrictModel):
+    """The ingress's result cache. Defaults follow document 001's environment variables:
+    ``REDIS_HOST`` (set: Redis, unset: in-process), ``REDIS_PORT``, ``REDIS_DB``,
+    ``CACHE_TTL_SECONDS``."""
+
+    backend: Literal["memory", "redis", "none"] = Field(
+        default_factory=lambda: "redis" if os.environ.get("REDIS_HOST") else "memory",
+        description="memory: in-process LRU per ingress replica; redis: shared; none: off.",
+    )
+    redis_host: str = Field(default_factory=lambda: os.environ.get("REDIS_HOST") or "localhost")
+    redis_port: int = Field(default_factory=lambda: _env_int("REDIS_PORT", 6379), ge=1, le=65535)
+    redis_db: int = Field(default_factory=lambda: _env_int("REDIS_DB", 0), ge=0)
+    ttl_s: int = Field(
+        default_factory=lambda: _env_int("CACHE_TTL_SECONDS", 86400),
+        ge=1,
+        description="How long an answer stays cached.",
+    )
+    timeout_s: float = Field(
+        0.25, gt=0, le=10, description="Redis connect and read timeout; past it, no cache."
+    )
+    max_entries: int = Field(10_000, ge=1, description="Bound of the in-process cache.")
+    namespace: str = Field(
+        "vlgraph",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of every key; a reset removes only keys under it.",
+    )
+
+
 class AppConfig(StrictModel):
     """The whole application: what ``graphs.app:build_app`` receives as ``args``."""
 
@@ -302,6 +335,7 @@ class AppConfig(StrictModel):
         "with instructions. Turn off on clusters whose weights exist only on worker nodes.",
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
 
     def resolved_cache_dir(self) -> Path:
