@@ -45,8 +45,9 @@ class ErrorResponse(BaseModel):
 
 
 _STATUS_TEXT = {
-    400: "Malformed input (for example a NUL byte in a path).",
-    403: "The path is outside the image root.",
+    400: "Malformed input (for example a NUL byte in a path, or a model not served).",
+    401: "The admin API key is missing.",
+    403: "The path is outside the image root, or the admin API key is wrong or not configured.",
     404: "No file at that path.",
     413: "Over a size limit: bytes, pixels or images per request.",
     415: "Not an image of an accepted type (judged by content).",

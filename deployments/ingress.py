@@ -7,11 +7,13 @@ served exactly as that document writes them.
 """
 
 import asyncio
+import hmac
 import time
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import FastAPI, File, Query, Response, Security, UploadFile
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,13 +25,15 @@ from deployments.http_errors import (
 )
 from vlgraph import __version__
 from vlgraph.cache import make_result_cache
-from vlgraph.config import CacheConfig, IngressConfig
+from vlgraph.config import AdminConfig, CacheConfig, IngressConfig
 from vlgraph.errors import (
     BadRequestError,
+    ForbiddenError,
     ItemError,
     PayloadTooLargeError,
     ServiceError,
     ServiceUnavailableError,
+    UnauthorizedError,
 )
 from vlgraph.image_paths import read_image_file, resolve_image_path
 from vlgraph.images import inspect_image
@@ -145,8 +149,50 @@ class CollectiveCaptionResponse(BaseModel):
     flagged: bool
 
 
+_API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="The admin key (API_KEY); not needed when the service runs with DEBUG=true.",
+)
 _IMAGES_FILE = File(description="One or more JPEG, PNG or WebP images, judged by content.")
 _IMAGE_SET_FILE = File(description="The JPEG, PNG or WebP images of the set.")
+
+
+class ModelHealth(BaseModel):
+    """One model deployment as Serve's controller sees it."""
+
+    deployment: str
+    status: str = Field(description="Serve's deployment status, e.g. HEALTHY, UPSCALING.")
+    running_replicas: int
+    reachable: bool = Field(
+        description="A request would be served: a replica runs, or the deployment is scaled "
+        "to zero and starts one on demand."
+    )
+
+
+class CacheHealth(BaseModel):
+    """The result cache's backend."""
+
+    backend: str
+    reachable: bool
+
+
+class HealthzResponse(BaseModel):
+    """Readiness: ok, degraded (cache down, requests still served) or unavailable (503)."""
+
+    status: str = Field(examples=["ok"])
+    profile: str
+    models: dict[str, ModelHealth]
+    cache: CacheHealth
+
+
+class ResetCacheResponse(BaseModel):
+    """What a cache reset removed."""
+
+    removed: int = Field(description="Keys removed (this service's namespace only).")
+    backend: str = Field(description="memory (this ingress replica's), redis or none.")
+
+
 _MODEL_QUERY = Query("blip", description="Which model captions: blip, blip2, gemma, intern_vlm.")
 _CAPTION_PROMPT_QUERY = Query(
     None, description="Conditions the caption: BLIP's text prefix, the VLMs' instruction."
@@ -186,9 +232,13 @@ class Ingress:
         profile: str,
         cache_config: CacheConfig | None = None,
         model_fingerprints: dict[str, dict] | None = None,
+        admin: AdminConfig | None = None,
     ):
+        self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
-        self._cache = make_result_cache(cache_config or CacheConfig(backend="none"))
+        cache_config = cache_config or CacheConfig(backend="none")
+        self._cache = make_result_cache(cache_config)
+        self._cache_backend = cache_config.backend
         self._fingerprints = model_fingerprints or {}
         self._config = config
         self._image_root = config.resolved_image_root()
@@ -198,6 +248,51 @@ class Ingress:
     async def health(self) -> HealthResponse:
         """The service is running."""
         return HealthResponse(status="healthy", profile=self._profile, models=self._model_names())
+
+    @api.get(
+        "/healthz",
+        response_model=HealthzResponse,
+        summary="Readiness of every model deployment and of the cache (document 001)",
+        responses={503: {"model": HealthzResponse, "description": "A model is unreachable."}},
+    )
+    async def healthz(self, response: Response) -> HealthzResponse:
+        """Whether each model deployment can serve a request, and whether the cache answers;
+        503 when a model cannot."""
+        models = await asyncio.to_thread(self._model_health)
+        cache_ok = await self._cache.backend.ping() if self._cache is not None else True
+        if not all(model.reachable for model in models.values()):
+            status, response.status_code = "unavailable", 503
+        else:
+            status = "ok" if cache_ok else "degraded"
+        return HealthzResponse(
+            status=status,
+            profile=self._profile,
+            models=models,
+            cache=CacheHealth(backend=self._cache_backend, reachable=cache_ok),
+        )
+
+    def _model_health(self) -> dict[str, ModelHealth]:
+        application = serve.get_replica_context().app_name
+        deployments = serve.status().applications[application].deployments
+        health: dict[str, ModelHealth] = {}
+        for model in self._model_names():
+            name = f"{model}_caption"
+            found = deployments.get(name)
+            if found is None:
+                health[model] = ModelHealth(
+                    deployment=name, status="MISSING", running_replicas=0, reachable=False
+                )
+                continue
+            running = found.replica_states.get("RUNNING", 0)
+            status = str(getattr(found.status, "value", found.status))
+            serving = status in {"HEALTHY", "UPSCALING", "DOWNSCALING"}
+            health[model] = ModelHealth(
+                deployment=name,
+                status=status,
+                running_replicas=running,
+                reachable=serving and (running > 0 or status == "HEALTHY"),
+            )
+        return health
 
     @api.post(
         "/caption",
@@ -322,6 +417,44 @@ class Ingress:
             tags=caption_tags(answer["caption"], self._config.max_tags, caption_prompt),
             flagged=answer["flagged"],
         )
+
+    @api.post(
+        "/api/admin/reset-cache",
+        response_model=ResetCacheResponse,
+        summary="Remove this service's cached answers (document 001)",
+        responses=error_responses(401, 403, 503),
+    )
+    async def reset_cache(
+        self, api_key: str | None = Security(_API_KEY_HEADER)
+    ) -> ResetCacheResponse:
+        """Remove every key under this service's namespace, never other data in Redis."""
+        self._authorize_admin(api_key)
+        if self._cache is None:
+            return ResetCacheResponse(removed=0, backend="none")
+        try:
+            removed = await self._cache.clear()
+        except Exception as error:
+            raise ServiceUnavailableError(
+                f"the cache backend did not answer: {type(error).__name__}",
+                code="cache_unavailable",
+            ) from None
+        return ResetCacheResponse(removed=removed, backend=self._cache_backend)
+
+    def _authorize_admin(self, api_key: str | None) -> None:
+        if self._admin.debug:
+            return
+        expected = self._admin.api_key
+        if expected is None:
+            raise ForbiddenError(
+                "admin routes are disabled: set API_KEY (or DEBUG=true for development only)",
+                code="admin_disabled",
+            )
+        if not api_key:
+            raise UnauthorizedError("send the admin key in the X-API-Key header")
+        if not hmac.compare_digest(api_key.encode(), expected.get_secret_value().encode()):
+            raise ForbiddenError(
+                "the X-API-Key header does not match API_KEY", code="invalid_api_key"
+            )
 
     def _captioner(self, model: str) -> DeploymentHandle:
         handle = self._captioners.get(model)

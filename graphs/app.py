@@ -52,6 +52,7 @@ def build_app(args: AppConfig) -> Application:
         config=ingress_config,
         profile=config.profile,
         cache_config=config.cache,
+        admin=config.admin,
         model_fingerprints={
             name: model.model_dump(mode="json", exclude=RESULT_NEUTRAL_FIELDS)
             for name, model in config.models.served().items()

@@ -31,6 +31,7 @@ TEST_MAX_IMAGE_PIXELS = 2_000_000
 TEST_MAX_BATCH_IMAGES = 8
 TEST_MAX_UPLOAD_IMAGES = 4
 TEST_MAX_PROMPT_CHARS = 200
+TEST_ADMIN_KEY = "test-admin-key"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -108,6 +109,7 @@ def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
             # Off here so that batched-equals-single tests compute every answer; the cache
             # has its own app in test_cache_http.py.
             "cache": {"backend": "none"},
+            "admin": {"api_key": TEST_ADMIN_KEY, "debug": False},
             "ingress": {
                 "image_root": str(image_root),
                 "max_image_bytes": TEST_MAX_IMAGE_BYTES,

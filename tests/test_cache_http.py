@@ -35,6 +35,7 @@ def cached_url(
     args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
     args["models"].update(blip2=None, intern_vlm=None)
     args["cache"] = {"backend": "redis", "redis_host": "127.0.0.1", "redis_port": redis_server.port}
+    args["admin"] = {"api_key": None, "debug": True}
     serve.run(build_app(AppConfig.model_validate(args)), name=APP_NAME, route_prefix="/cached")
     url = f"http://127.0.0.1:{ray_instance}/cached"
     wait_until_healthy(url)
@@ -72,8 +73,13 @@ def test_redis_down_then_back(cached_url: str, redis_server: RedisServer) -> Non
     try:
         during = [caption(cached_url, 102 + index, model="blip") for index in range(2)]
         assert all(item["cache"] is False and item["caption"] is not None for item in during)
+        health = httpx.get(f"{cached_url}/healthz", timeout=30)
+        assert health.status_code == 200, health.text
+        assert health.json()["status"] == "degraded"
+        assert health.json()["cache"] == {"backend": "redis", "reachable": False}
     finally:
         redis_server.start()
+    assert httpx.get(f"{cached_url}/healthz", timeout=30).json()["status"] == "ok"
     caption(cached_url, 110, model="blip")
     assert caption(cached_url, 110, model="blip")["cache"] is True
 
@@ -95,3 +101,18 @@ def test_collective_captions_are_cached_too(cached_url: str, redis_server: Redis
     assert [answer.status_code for answer in answers] == [200, 200]
     assert answers[0].json() == answers[1].json()
     assert redis.Redis(port=redis_server.port).keys("vlgraph:v1:collection:*:gemma:*")
+
+
+def test_reset_in_debug_mode_needs_no_key_and_removes_only_our_keys(
+    cached_url: str, redis_server: RedisServer
+) -> None:
+    caption(cached_url, 130, model="blip")
+    other = redis.Redis(port=redis_server.port)
+    other.set("another-app:v1:img:x", b"keep")
+    ours = len(other.keys("vlgraph:*"))
+    assert ours >= 1
+    response = httpx.post(f"{cached_url}/api/admin/reset-cache", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"removed": ours, "backend": "redis"}
+    assert other.keys("vlgraph:*") == [] and other.get("another-app:v1:img:x") == b"keep"
+    assert caption(cached_url, 130, model="blip")["cache"] is False

@@ -32,6 +32,7 @@ def zero_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Ite
 
     args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
     args["profile"] = "zero"
+    args["admin"] = {"api_key": None, "debug": False}
     args["models"].update(gemma=None, intern_vlm=None)
     args["models"]["blip2"]["deployment"] = {
         "autoscaling_config": {
@@ -53,6 +54,11 @@ def zero_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Ite
 
 def test_a_model_at_zero_replicas_answers_its_first_request(zero_url: str) -> None:
     assert running_replicas("blip2_caption") == 0
+    health = httpx.get(f"{zero_url}/healthz", timeout=30)
+    assert health.status_code == 200, health.text
+    blip2 = health.json()["models"]["blip2"]
+    assert blip2["running_replicas"] == 0 and blip2["reachable"] is True
+    assert running_replicas("blip2_caption") == 0, "a health check must not wake a model"
     files = [("images", ("a.jpg", jpeg_bytes(noise_image(1)), "image/jpeg"))]
     response = httpx.post(
         f"{zero_url}/api/caption-images", params={"model": "blip2"}, files=files, timeout=120
@@ -72,3 +78,12 @@ def test_a_model_the_profile_leaves_out_is_a_clear_400(zero_url: str) -> None:
     assert error["code"] == "model_not_served"
     assert "blip" in error["message"] and "zero" in error["message"]
     assert httpx.get(f"{zero_url}/", timeout=10).json()["models"] == ["blip", "blip2"]
+
+
+def test_admin_routes_refuse_when_no_key_is_configured(zero_url: str) -> None:
+    response = httpx.post(
+        f"{zero_url}/api/admin/reset-cache", headers={"X-API-Key": "anything"}, timeout=30
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "admin_disabled"
+    assert "API_KEY" in response.json()["error"]["message"]

@@ -40,6 +40,9 @@ class CacheBackend(Protocol):
     async def delete_prefix(self, prefix: str) -> int:
         """Remove every key starting with ``prefix``; how many were removed."""
 
+    async def ping(self) -> bool:
+        """Whether the backend answers right now."""
+
 
 class MemoryCache:
     """In-process LRU cache with a per-entry TTL; ``max_entries`` bounds it."""
@@ -70,6 +73,10 @@ class MemoryCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    async def ping(self) -> bool:
+        """Always reachable: it lives in this process."""
+        return True
 
     async def delete_prefix(self, prefix: str) -> int:
         """Remove every key starting with ``prefix``."""
@@ -106,6 +113,13 @@ class RedisCache:
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         """Store ``value`` with a TTL."""
         await self._client.set(key, value, ex=ttl_s)
+
+    async def ping(self) -> bool:
+        """Whether Redis answers PING within the timeout."""
+        try:
+            return bool(await self._client.ping())
+        except Exception:
+            return False
 
     async def delete_prefix(self, prefix: str) -> int:
         """Remove this prefix's keys with SCAN + UNLINK (never FLUSHDB: other data stays)."""

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
 
@@ -320,6 +320,25 @@ class CacheConfig(StrictModel):
     )
 
 
+def _env_flag(name: str) -> bool:
+    return (os.environ.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class AdminConfig(StrictModel):
+    """Who may call ``/api/admin/*``. Defaults follow document 001: ``API_KEY`` and ``DEBUG``."""
+
+    api_key: SecretStr | None = Field(
+        default_factory=lambda: (
+            SecretStr(os.environ["API_KEY"]) if os.environ.get("API_KEY") else None
+        ),
+        description="Key expected in X-API-Key. Unset and debug off: admin routes refuse.",
+    )
+    debug: bool = Field(
+        default_factory=lambda: _env_flag("DEBUG"),
+        description="Development only: admin routes need no key.",
+    )
+
+
 class AppConfig(StrictModel):
     """The whole application: what ``graphs.app:build_app`` receives as ``args``."""
 
@@ -336,6 +355,7 @@ class AppConfig(StrictModel):
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
 
     def resolved_cache_dir(self) -> Path:

@@ -58,6 +58,20 @@ class ForbiddenPathError(ServiceError):
     code = "path_outside_image_root"
 
 
+class UnauthorizedError(ServiceError):
+    """401: credentials are missing."""
+
+    status = 401
+    code = "missing_api_key"
+
+
+class ForbiddenError(ServiceError):
+    """403: credentials are wrong, or the operation is disabled here."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFoundError(ServiceError):
     """The named file or resource does not exist."""
 

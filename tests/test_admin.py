@@ -1,0 +1,60 @@
+"""Operations routes through a real serve.run: /healthz, and document 001's X-API-Key rules
+for POST /api/admin/reset-cache. Debug mode and a service without a key are tested in
+test_cache_http.py and test_scale_from_zero.py, whose apps run that way."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TEST_ADMIN_KEY, RunningApp
+
+pytestmark = pytest.mark.integration
+
+
+def reset(app: RunningApp, headers: dict[str, str]):
+    with app.client() as client:
+        return client.post("/api/admin/reset-cache", headers=headers)
+
+
+def test_missing_key_is_401(app: RunningApp) -> None:
+    response = reset(app, {})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "missing_api_key"
+
+
+@pytest.mark.parametrize(
+    "key", ["wrong", TEST_ADMIN_KEY + "x", TEST_ADMIN_KEY[:-1], TEST_ADMIN_KEY.upper()]
+)
+def test_wrong_key_is_403(app: RunningApp, key: str) -> None:
+    response = reset(app, {"X-API-Key": key})
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_right_key_resets(app: RunningApp) -> None:
+    response = reset(app, {"X-API-Key": TEST_ADMIN_KEY})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"removed": 0, "backend": "none"}  # this app runs without cache
+
+
+def test_the_openapi_description_declares_the_key(app: RunningApp) -> None:
+    with app.client() as client:
+        spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert any(s.get("in") == "header" and s.get("name") == "X-API-Key" for s in schemes.values())
+    operation = spec["paths"]["/api/admin/reset-cache"]["post"]
+    assert operation["security"] and {"401", "403"} <= set(operation["responses"])
+
+
+def test_healthz_reports_every_model_deployment(app: RunningApp) -> None:
+    with app.client() as client:
+        response = client.get("/healthz")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ok" and body["profile"] == "test"
+    assert set(body["models"]) == {"blip", "blip2", "gemma", "intern_vlm"}
+    for name, model in body["models"].items():
+        assert model["deployment"] == f"{name}_caption"
+        assert model["status"] == "HEALTHY" and model["running_replicas"] == 1
+        assert model["reachable"] is True
+    assert body["cache"] == {"backend": "none", "reachable": True}
