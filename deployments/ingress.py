@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, File, Query, Response, Security, UploadFile
+import httpx
+from fastapi import FastAPI, File, Query, Request, Response, Security, UploadFile
+from fastapi.responses import PlainTextResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -23,6 +25,7 @@ from deployments.http_errors import (
     install_error_handlers,
     transient_service_error,
 )
+from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
 from vlgraph import __version__
 from vlgraph.cache import make_result_cache
 from vlgraph.config import AdminConfig, CacheConfig, IngressConfig
@@ -58,6 +61,17 @@ api = FastAPI(
     '`{"error": {"code", "message", "request_id"}, "detail"}`.',
 )
 install_error_handlers(api)
+
+
+@api.middleware("http")
+async def _count_requests(request: Request, call_next):
+    """Count every answered request by route template, model and status (outermost, so it
+    sees the final status of errors too)."""
+    response = await call_next(request)
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    model = request.query_params.get("model", "") if route.startswith("/api/caption") else ""
+    service_metrics().count_request(route, model, response.status_code)
+    return response
 
 
 class _Body(BaseModel):
@@ -237,7 +251,7 @@ class Ingress:
         self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
         cache_config = cache_config or CacheConfig(backend="none")
-        self._cache = make_result_cache(cache_config)
+        self._cache = make_result_cache(cache_config, service_metrics().count_cache_event)
         self._cache_backend = cache_config.backend
         self._fingerprints = model_fingerprints or {}
         self._config = config
@@ -399,7 +413,9 @@ class Ingress:
             CollectionCaptionRequest(images=image_set, prompt=caption_prompt)
         )
         flag_call = self._flag_call(handle, image_set, flag_prompt)
+        started = time.perf_counter()
         result, flag = await asyncio.gather(_typed(caption_call), _typed(flag_call))
+        service_metrics().observe_model_latency(model, time.perf_counter() - started)
         for outcome in (result, flag):
             if outcome.error is not None:
                 raise ServiceError.from_item_error(outcome.error)
@@ -416,6 +432,28 @@ class Ingress:
             count=count,
             tags=caption_tags(answer["caption"], self._config.max_tags, caption_prompt),
             flagged=answer["flagged"],
+        )
+
+    @api.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        summary="Application metrics in Prometheus text format (document 001)",
+        responses=error_responses(503),
+    )
+    async def metrics(self) -> PlainTextResponse:
+        """This service's series (``ray_vlgraph_*``) from the Prometheus endpoint of the Ray
+        node this replica runs on; scrape Ray's endpoints directly for every node."""
+        try:
+            url = await asyncio.to_thread(ray_metrics_url)
+            async with httpx.AsyncClient(timeout=5) as client:
+                exposition = (await client.get(url)).raise_for_status().text
+        except Exception as error:
+            raise ServiceUnavailableError(
+                f"Ray's metrics endpoint did not answer: {type(error).__name__}",
+                code="metrics_unavailable",
+            ) from None
+        return PlainTextResponse(
+            only_vlgraph_series(exposition), media_type="text/plain; version=0.0.4"
         )
 
     @api.post(
@@ -527,10 +565,12 @@ class Ingress:
                 return self._captioned(name, cached, caption_prompt, cache=True)
         caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
         flag_call = self._flag_call(handle, (data,), flag_prompt)
+        started = time.perf_counter()
         try:
             result, flag = await asyncio.gather(_typed(caption_call), _typed(flag_call))
         except ServiceUnavailableError as error:
             return CaptionImagesItem(filename=name, error=error.as_item_error())
+        service_metrics().observe_model_latency(model, time.perf_counter() - started)
         error = result.error or flag.error
         if error is not None:
             return CaptionImagesItem(filename=name, error=error)

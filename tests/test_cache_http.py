@@ -3,6 +3,7 @@ or prompts, requests still answered while Redis is down, and the cache back with
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.conftest import (
     noise_image,
     wait_until_healthy,
 )
+from tests.test_metrics import series_value
 from vlgraph.config import AppConfig
 
 pytestmark = pytest.mark.integration
@@ -116,3 +118,31 @@ def test_reset_in_debug_mode_needs_no_key_and_removes_only_our_keys(
     assert response.json() == {"removed": ours, "backend": "redis"}
     assert other.keys("vlgraph:*") == [] and other.get("another-app:v1:img:x") == b"keep"
     assert caption(cached_url, 130, model="blip")["cache"] is False
+
+
+def test_cache_hits_misses_and_errors_reach_the_metrics(
+    cached_url: str, redis_server: RedisServer
+) -> None:
+    def events() -> dict[str, float]:
+        text = httpx.get(f"{cached_url}/metrics", timeout=30).text
+        return {
+            event: series_value(text, "ray_vlgraph_cache_events_total", event=event)
+            for event in ("hit", "miss", "error")
+        }
+
+    before = events()
+    caption(cached_url, 140, model="blip")  # miss
+    caption(cached_url, 140, model="blip")  # hit
+    redis_server.stop()
+    try:
+        caption(cached_url, 141, model="blip")  # error on get and on put
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 60
+    while True:
+        after = events()
+        moved = {event: after[event] - before[event] for event in after}
+        if moved["hit"] >= 1 and moved["miss"] >= 1 and moved["error"] >= 2:
+            break
+        assert time.monotonic() < deadline, f"cache metrics did not move: {moved}"
+        time.sleep(1)

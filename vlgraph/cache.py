@@ -156,6 +156,8 @@ class ResultCache:
     ttl_s: int
     namespace: str = "vlgraph"
     stats: CacheStats = field(default_factory=CacheStats)
+    on_event: Callable[[str], None] | None = None
+    """Called with ``hit``, ``miss`` or ``error`` (the ingress exports them as metrics)."""
 
     def image_key(self, image: bytes, model: str, params: dict[str, Any]) -> str:
         """Key of one image's answer by ``model`` under ``params``."""
@@ -180,8 +182,10 @@ class ResultCache:
             return None
         if raw is None:
             self.stats.misses += 1
+            self._report("miss")
             return None
         self.stats.hits += 1
+        self._report("hit")
         return json.loads(raw)
 
     async def put(self, key: str, value: dict[str, Any]) -> None:
@@ -195,8 +199,13 @@ class ResultCache:
         """Remove this service's keys only; how many were removed."""
         return await self.backend.delete_prefix(f"{self.namespace}:")
 
+    def _report(self, event: str) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
     def _failed(self, operation: str, error: Exception) -> None:
         self.stats.errors += 1
+        self._report("error")
         logger.warning("cache %s failed, continuing without the cache: %r", operation, error)
 
 
@@ -204,7 +213,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_result_cache(config: Any) -> ResultCache | None:
+def make_result_cache(
+    config: Any, on_event: Callable[[str], None] | None = None
+) -> ResultCache | None:
     """The cache a :class:`~vlgraph.config.CacheConfig` describes; None when it is off."""
     if config.backend == "none":
         return None
@@ -215,4 +226,6 @@ def make_result_cache(config: Any) -> ResultCache | None:
         )
     else:
         backend = MemoryCache(config.max_entries)
-    return ResultCache(backend=backend, ttl_s=config.ttl_s, namespace=config.namespace)
+    return ResultCache(
+        backend=backend, ttl_s=config.ttl_s, namespace=config.namespace, on_event=on_event
+    )

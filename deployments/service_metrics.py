@@ -1,0 +1,79 @@
+"""Application metrics of the ingress, through Ray's metrics API (``ray.serve.metrics``).
+
+They reach Ray's own Prometheus endpoint on every node (and the Ray dashboard's Grafana) like
+Serve's built-in metrics, prefixed ``ray_`` and tagged with the application, deployment and
+replica. ``GET /metrics`` on the API port returns the same series, read from the Prometheus
+endpoint of the node the answering ingress replica runs on.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+#: Every series this module defines starts with this (Ray adds ``ray_`` in front).
+METRIC_PREFIX = "vlgraph_"
+
+#: Upper bounds (seconds) of the model latency histogram's buckets.
+LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+class ServiceMetrics:
+    """Requests by route, model and status; cache hits, misses and errors; model latency."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "vlgraph_requests",
+            description="HTTP requests answered, by route, model and status code.",
+            tag_keys=("route", "model", "status"),
+        )
+        self.cache_events = metrics.Counter(
+            "vlgraph_cache_events",
+            description="Result cache lookups and failures: hit, miss or error.",
+            tag_keys=("event",),
+        )
+        self.model_latency = metrics.Histogram(
+            "vlgraph_model_latency_seconds",
+            description="Seconds from the ingress's call to a model deployment to its answer.",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=("model",),
+        )
+
+    def count_request(self, route: str, model: str, status: int) -> None:
+        """One answered HTTP request."""
+        self.requests.inc(tags={"route": route, "model": model, "status": str(status)})
+
+    def count_cache_event(self, event: str) -> None:
+        """``hit``, ``miss`` or ``error``."""
+        self.cache_events.inc(tags={"event": event})
+
+    def observe_model_latency(self, model: str, seconds: float) -> None:
+        """One model call's latency as the ingress saw it (queueing included)."""
+        self.model_latency.observe(seconds, tags={"model": model})
+
+
+@functools.cache
+def service_metrics() -> ServiceMetrics:
+    """This replica's metrics, created on first use (metrics live in the replica process)."""
+    return ServiceMetrics()
+
+
+def ray_metrics_url() -> str:
+    """The Prometheus endpoint of the Ray node this process runs on."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node: dict[str, Any] = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+
+
+def only_vlgraph_series(exposition: str) -> str:
+    """The lines of a Prometheus text exposition that belong to this module's metrics."""
+    keep = []
+    for line in exposition.splitlines():
+        name = line.split(" ", 3)[2] if line.startswith("# ") else line
+        if name.startswith("ray_" + METRIC_PREFIX):
+            keep.append(line)
+    return "\n".join(keep) + "\n"
