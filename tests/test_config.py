@@ -141,3 +141,38 @@ def test_model_replicas_get_allocator_settings_unless_turned_off() -> None:
     assert merged["MALLOC_ARENA_MAX"] == "2" and merged["X"] == "1"
     off = blip.model_copy(update={"tune_cpu_allocator": False})
     assert not off.serve_options()["ray_actor_options"].get("runtime_env")
+
+
+@pytest.mark.parametrize("path", PROFILES)
+def test_every_profile_is_a_valid_serve_config_file(path: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load((REPO_ROOT / path).read_text()))
+
+
+def test_document_environment_variables_are_read_and_validated(monkeypatch) -> None:
+    for name in ("ENV", "DEBUG", "API_KEY", "REDIS_HOST", "CACHE_TTL_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    config = AppConfig()
+    assert (config.environment, config.admin.debug, config.admin.api_key) == (
+        "development",
+        False,
+        None,
+    )
+    monkeypatch.setenv("ENV", "production")
+    monkeypatch.setenv("API_KEY", "s3cret")
+    monkeypatch.setenv("CACHE_TTL_SECONDS", "60")
+    config = AppConfig()
+    assert config.environment == "production" and config.cache.ttl_s == 60
+    assert config.admin.api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(config)
+    monkeypatch.setenv("DEBUG", "true")
+    with pytest.raises(ValidationError, match="ENV=production"):
+        AppConfig()
+    monkeypatch.setenv("ENV", "staging")
+    with pytest.raises(ValidationError, match="environment"):
+        AppConfig()
+    monkeypatch.setenv("ENV", "development")
+    monkeypatch.setenv("CACHE_TTL_SECONDS", "soon")
+    with pytest.raises(ValueError, match="CACHE_TTL_SECONDS must be an integer"):
+        AppConfig()

@@ -17,9 +17,10 @@ DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
 
 
 class StrictModel(BaseModel):
-    """Base of every config model: unknown fields are errors."""
+    """Base of every config model: unknown fields are errors, and defaults are validated too
+    (several come from environment variables)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class RayActorOptions(StrictModel):
@@ -289,7 +290,12 @@ class IngressConfig(StrictModel):
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, not {value!r}") from None
 
 
 class CacheConfig(StrictModel):
@@ -343,6 +349,10 @@ class AppConfig(StrictModel):
     """The whole application: what ``graphs.app:build_app`` receives as ``args``."""
 
     profile: str = Field("custom", description="Name shown by the API, e.g. offline or gpu.")
+    environment: Literal["development", "production", "test"] = Field(
+        default_factory=lambda: (os.environ.get("ENV") or "development").strip().lower(),
+        description="Document 001's ENV. production refuses debug mode.",
+    )
     checkpoint_cache_dir: Path | None = Field(
         None,
         description="Where 'tiny:' checkpoints are built. Unset: $VLGRAPH_CACHE_DIR, else "
@@ -357,6 +367,15 @@ class AppConfig(StrictModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    @model_validator(mode="after")
+    def _no_debug_in_production(self) -> AppConfig:
+        if self.environment == "production" and self.admin.debug:
+            raise ValueError(
+                "admin.debug (DEBUG=true) lets anyone reset the cache; it is refused with "
+                "environment production (ENV=production)"
+            )
+        return self
 
     def resolved_cache_dir(self) -> Path:
         """The absolute checkpoint cache folder."""
