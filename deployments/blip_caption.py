@@ -8,29 +8,29 @@ one bad image never fails the other requests of its batch.
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from deployments.grouped_batches import run_in_groups
 from vlgraph.config import BatchingConfig, BlipCaptionConfig
-from vlgraph.errors import BadRequestError, InferenceError, ServiceError
 from vlgraph.flags import NO_WORDS, YES_WORDS, answer_token_ids, yes_beats_no
-from vlgraph.images import decode_image
 from vlgraph.messages import CaptionRequest, CaptionResult, FlagRequest, FlagResult
 from vlgraph.model_source import resolve_model_path
 from vlgraph.model_thread import ModelThread
 from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
-
-logger = logging.getLogger("ray.serve")
 
 
 class BlipCaptioner:
     """Captions images with ``BlipForConditionalGeneration``; greedy decoding by default."""
 
     def __init__(self, config: BlipCaptionConfig, checkpoint_cache_dir: str, name: str = "blip"):
+        self._groups = {
+            "multi_image": False,
+            "model_name": name,
+            "failure_message": "the captioning model failed on this image",
+        }
         self._model_thread = ModelThread(name)
         self._model_thread.call(self._load, config, checkpoint_cache_dir, name)
         self.reconfigure(config.user_config())
@@ -77,28 +77,16 @@ class BlipCaptioner:
         BLIP only batches exactly when every sequence has the same text prefix, so requests
         are grouped by prompt; each group is one ``generate`` call.
         """
-        results: list[CaptionResult | None] = [None] * len(requests)
-        groups: dict[str | None, list[tuple[int, Any]]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            try:
-                groups[request.prompt].append((index, decode_image(request.image)))
-            except ServiceError as error:
-                results[index] = CaptionResult(error=error.as_item_error())
-        for prompt, members in groups.items():
-            indices = [index for index, _ in members]
-            try:
-                captions = self._generate([image for _, image in members], prompt)
-            except Exception:
-                logger.exception("BLIP generate failed for a group of %d images", len(members))
-                failure = InferenceError("the captioning model failed on this image")
-                captions = None
-            for position, index in enumerate(indices):
-                results[index] = (
-                    CaptionResult(caption=captions[position])
-                    if captions is not None
-                    else CaptionResult(error=failure.as_item_error())
-                )
-        return results  # type: ignore[return-value]  # every index was filled above
+        outcomes = run_in_groups(
+            [(request.image,) for request in requests],
+            [request.prompt for request in requests],
+            lambda images, prompt: self._generate([image for (image,) in images], prompt),
+            **self._groups,
+        )
+        return [
+            CaptionResult(caption=value) if error is None else CaptionResult(error=error)
+            for value, error in outcomes
+        ]
 
     async def flag(self, request: FlagRequest) -> FlagResult:
         """Answer a yes/no question about one image; concurrent calls are batched."""
@@ -113,29 +101,16 @@ class BlipCaptioner:
         return self._model_thread.call(self._flag_group_by_question, requests)
 
     def _flag_group_by_question(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        results: list[FlagResult | None] = [None] * len(requests)
-        groups: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            try:
-                if len(request.images) != 1:
-                    raise BadRequestError("BLIP answers flag questions about one image at a time")
-                groups[request.question].append((index, decode_image(request.images[0])))
-            except ServiceError as error:
-                results[index] = FlagResult(error=error.as_item_error())
-        for question, members in groups.items():
-            try:
-                flags = self._score_yes_no([image for _, image in members], question)
-            except Exception:
-                logger.exception("BLIP flag scoring failed for a group of %d", len(members))
-                failure = InferenceError("the captioning model failed on this image")
-                flags = None
-            for position, (index, _) in enumerate(members):
-                results[index] = (
-                    FlagResult(flagged=flags[position])
-                    if flags is not None
-                    else FlagResult(error=failure.as_item_error())
-                )
-        return results  # type: ignore[return-value]  # every index was filled above
+        outcomes = run_in_groups(
+            [request.images for request in requests],
+            [request.question for request in requests],
+            lambda images, question: self._score_yes_no([image for (image,) in images], question),
+            **self._groups,
+        )
+        return [
+            FlagResult(flagged=value) if error is None else FlagResult(error=error)
+            for value, error in outcomes
+        ]
 
     def _score_yes_no(self, images: list[Any], question: str) -> list[bool]:
         # The question becomes the caption's text prefix, as generate would see it: the

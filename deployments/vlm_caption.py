@@ -10,17 +10,15 @@ model thread (:mod:`vlgraph.model_thread`).
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from deployments.grouped_batches import run_in_groups
 from vlgraph.config import BatchingConfig, VisionLanguageConfig
-from vlgraph.errors import BadRequestError, InferenceError, ServiceError
+from vlgraph.errors import BadRequestError
 from vlgraph.flags import yes_beats_no
-from vlgraph.images import decode_image
 from vlgraph.messages import (
     CaptionRequest,
     CaptionResult,
@@ -33,8 +31,6 @@ from vlgraph.model_thread import ModelThread
 from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
 from vlgraph.vlm_families import FAMILIES
 
-logger = logging.getLogger("ray.serve")
-
 _FLAG_SUFFIX = " Answer yes or no."
 
 
@@ -45,6 +41,11 @@ class VisionLanguageCaptioner:
         self._name = name
         self._config = config
         self._family = FAMILIES[config.family]
+        self._groups = {
+            "multi_image": self._family.multi_image,
+            "model_name": name,
+            "failure_message": f"the {name} model failed on this input",
+        }
         self._model_thread = ModelThread(name)
         self._model_thread.call(self._load, config, checkpoint_cache_dir, name)
         self.reconfigure(config.user_config())
@@ -62,7 +63,7 @@ class VisionLanguageCaptioner:
         self._yes_ids, self._no_ids = self._family.answer_token_ids(self._processor)
         from PIL import Image
 
-        self._generate([[Image.new("RGB", (32, 32))]], [self._config.caption_instruction])
+        self._generate([[Image.new("RGB", (32, 32))]], self._config.caption_instruction)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and wait time live (``user_config`` in the Serve config)."""
@@ -107,8 +108,8 @@ class VisionLanguageCaptioner:
 
     def _caption_requests(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         instructions = [request.prompt or self._config.caption_instruction for request in requests]
-        outcomes = self._run_grouped(
-            [(request.image,) for request in requests], instructions, self._generate
+        outcomes = run_in_groups(
+            [(request.image,) for request in requests], instructions, self._generate, **self._groups
         )
         return [
             CaptionResult(caption=value) if error is None else CaptionResult(error=error)
@@ -120,70 +121,38 @@ class VisionLanguageCaptioner:
             error = BadRequestError(f"{self._name} captions one image at a time")
             return CaptionResult(error=error.as_item_error())
         instruction = request.prompt or self._config.collection_instruction
-        value, error = self._run_grouped([request.images], [instruction], self._generate)[0]
+        value, error = run_in_groups(
+            [request.images], [instruction], self._generate, **self._groups
+        )[0]
         return CaptionResult(caption=value) if error is None else CaptionResult(error=error)
 
     def _flag_requests(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        outcomes = self._run_grouped(
+        outcomes = run_in_groups(
             [request.images for request in requests],
             [request.question.strip() + _FLAG_SUFFIX for request in requests],
             self._score_yes_no,
+            **self._groups,
         )
         return [
             FlagResult(flagged=value) if error is None else FlagResult(error=error)
             for value, error in outcomes
         ]
 
-    def _run_grouped(
-        self,
-        image_sets: list[tuple[bytes, ...]],
-        instructions: list[str | None],
-        run: Any,
-    ) -> list[tuple[Any, Any]]:
-        """Decode every item, then call ``run`` once per (instruction, image count) group.
-
-        Grouping keeps batches exact: rows of a group differ only in their pixels.
-        """
-        outcomes: list[tuple[Any, Any]] = [(None, None)] * len(image_sets)
-        groups: dict[tuple[str | None, int], list[tuple[int, list[Any]]]] = defaultdict(list)
-        for index, (images, instruction) in enumerate(zip(image_sets, instructions, strict=True)):
-            try:
-                if len(images) > 1 and not self.multi_image:
-                    raise BadRequestError(f"{self._name} reads one image per prompt")
-                decoded = [decode_image(image) for image in images]
-            except ServiceError as error:
-                outcomes[index] = (None, error.as_item_error())
-                continue
-            groups[(instruction, len(images))].append((index, decoded))
-        for (instruction, _), members in groups.items():
-            try:
-                values = run([images for _, images in members], [instruction] * len(members))
-            except Exception:
-                logger.exception("%s failed on a group of %d", self._name, len(members))
-                failure = InferenceError(f"the {self._name} model failed on this input")
-                values = None
-            for position, (index, _) in enumerate(members):
-                outcomes[index] = (
-                    (values[position], None)
-                    if values is not None
-                    else (None, failure.as_item_error())
-                )
-        return outcomes
-
-    def _model_inputs(self, images: list[list[Any]], instructions: list[str | None]) -> Any:
+    def _model_inputs(self, images: list[list[Any]], instruction: str | None) -> Any:
+        instructions = [instruction] * len(images)
         inputs = self._family.inputs(self._processor, images, instructions).to(self._device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
         return inputs
 
-    def _generate(self, images: list[list[Any]], instructions: list[str | None]) -> list[str]:
-        inputs = self._model_inputs(images, instructions)
+    def _generate(self, images: list[list[Any]], instruction: str | None) -> list[str]:
+        inputs = self._model_inputs(images, instruction)
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, **self._generate_kwargs)
         return self._family.decode(self._processor, output, inputs)
 
-    def _score_yes_no(self, images: list[list[Any]], instructions: list[str | None]) -> list[bool]:
-        inputs = self._model_inputs(images, instructions)
+    def _score_yes_no(self, images: list[list[Any]], instruction: str | None) -> list[bool]:
+        inputs = self._model_inputs(images, instruction)
         with self._torch.inference_mode():
             logits = self._model(**inputs).logits
         return yes_beats_no(logits[:, -1].float(), self._yes_ids, self._no_ids)
