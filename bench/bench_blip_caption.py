@@ -25,12 +25,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 from PIL import Image
 
 from vlgraph.tiny_checkpoints import ensure_checkpoint
+
+if TYPE_CHECKING:
+    from vlgraph.config import AppConfig
 
 
 def make_images(folder: Path, count: int) -> list[Path]:
@@ -104,7 +108,20 @@ async def drive(url: str, paths: list[str], concurrency: int, total: int) -> dic
     }
 
 
-def serve_app(
+def serve_app(config: AppConfig) -> str:
+    """Start Ray and serve ``config`` (see :func:`bench_config`); returns the base URL."""
+    import ray
+    from ray import serve
+
+    from graphs.app import build_app
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8011})
+    serve.run(build_app(config), name="vlgraph", route_prefix="/")
+    return "http://127.0.0.1:8011"
+
+
+def bench_config(
     checkpoint: Path,
     image_root: Path,
     batch: int,
@@ -113,17 +130,12 @@ def serve_app(
     tune: bool,
     max_ongoing: int,
     replicas: int,
-) -> str:
-    """Start Ray and the vlgraph app on ``checkpoint``; returns the base URL."""
-    import ray
-    from ray import serve
-
-    from graphs.app import build_app
+) -> AppConfig:
+    """The application the benchmark serves: BLIP alone on ``checkpoint``, no cache (every
+    request reaches the model), the other models left out."""
     from vlgraph.config import AppConfig
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8011})
-    config = AppConfig.model_validate(
+    return AppConfig.model_validate(
         {
             "profile": "bench",
             "ingress": {
@@ -148,12 +160,15 @@ def serve_app(
                         "max_queued_requests": 1024,
                         "ray_actor_options": {"num_cpus": 1 / replicas},
                     },
-                }
+                },
+                "blip2": None,
+                "gemma": None,
+                "intern_vlm": None,
             },
+            "vqa": None,
+            "cache": {"backend": "none"},
         }
     )
-    serve.run(build_app(config), name="vlgraph", route_prefix="/")
-    return "http://127.0.0.1:8011"
 
 
 def use_replica_allocator_settings() -> None:
@@ -213,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         images = make_images(Path(folder), max(levels.values()))
         raw = raw_images_per_second(checkpoint, images, args.batch, args.tokens)
-        url = serve_app(
+        config = bench_config(
             checkpoint,
             Path(folder),
             args.batch,
@@ -223,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             args.max_ongoing,
             args.replicas,
         )
+        url = serve_app(config)
         # Warm the HTTP path and the replica with one full batch.
         asyncio.run(drive(url, [p.name for p in images], args.batch, args.batch))
         served = []

@@ -84,6 +84,7 @@ def main() -> None:
                     "profile": "bench",
                     "checkpoint_cache_dir": str(cache_dir),
                     "cache": {"backend": "none"},
+                    "vqa": None,
                     "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
                     "models": {
                         "blip": {

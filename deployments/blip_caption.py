@@ -80,7 +80,7 @@ class BlipCaptioner:
         outcomes = run_in_groups(
             [(request.image,) for request in requests],
             [request.prompt for request in requests],
-            lambda images, prompt: self._generate([image for (image,) in images], prompt),
+            lambda images, prompts: self._generate([image for (image,) in images], prompts[0]),
             **self._groups,
         )
         return [
@@ -104,7 +104,9 @@ class BlipCaptioner:
         outcomes = run_in_groups(
             [request.images for request in requests],
             [request.question for request in requests],
-            lambda images, question: self._score_yes_no([image for (image,) in images], question),
+            lambda images, questions: self._score_yes_no(
+                [image for (image,) in images], questions[0]
+            ),
             **self._groups,
         )
         return [

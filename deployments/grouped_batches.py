@@ -2,7 +2,9 @@
 
 Batched generation equals single calls only when the rows of one call differ in their pixels
 alone (``../shared/notes/offline-models.md``), so a batch is split into groups by
-(instruction, image count) and each group is one model call. An image that does not decode
+(instruction, image count), or by a coarser key of the instruction where rows with different
+instructions still batch exactly (BLIP VQA: questions of one token length), and each group is
+one model call. An image that does not decode
 fails alone; a model call that raises fails its group alone.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from vlgraph.errors import BadRequestError, InferenceError, ItemError, ServiceError
@@ -18,8 +20,12 @@ from vlgraph.images import decode_image
 
 logger = logging.getLogger("ray.serve")
 
-#: One model call: the decoded images of each row and the group's shared instruction.
-GroupRunner = Callable[[list[list[Any]], "str | None"], list[Any]]
+#: One model call: the decoded images of each row and each row's instruction.
+GroupRunner = Callable[[list[list[Any]], list["str | None"]], list[Any]]
+
+
+def _same_instruction(instruction: str | None) -> Hashable:
+    return instruction
 
 
 def run_in_groups(
@@ -30,10 +36,13 @@ def run_in_groups(
     multi_image: bool,
     model_name: str,
     failure_message: str,
+    group_key: Callable[[str | None], Hashable] = _same_instruction,
 ) -> list[tuple[Any, ItemError | None]]:
-    """Per item, ``(value, None)`` from ``run`` or ``(None, error)``, in request order."""
+    """Per item, ``(value, None)`` from ``run`` or ``(None, error)``, in request order. Rows
+    whose instructions have the same ``group_key`` (by default: the same instruction) and the
+    same image count share one ``run`` call."""
     outcomes: list[tuple[Any, ItemError | None]] = [(None, None)] * len(image_sets)
-    groups: dict[tuple[str | None, int], list[tuple[int, list[Any]]]] = defaultdict(list)
+    groups: dict[tuple[Hashable, int], list[tuple[int, list[Any], str | None]]] = defaultdict(list)
     for index, (images, instruction) in enumerate(zip(image_sets, instructions, strict=True)):
         try:
             if len(images) > 1 and not multi_image:
@@ -42,14 +51,17 @@ def run_in_groups(
         except ServiceError as error:
             outcomes[index] = (None, error.as_item_error())
             continue
-        groups[(instruction, len(images))].append((index, decoded))
-    for (instruction, _), members in groups.items():
+        groups[(group_key(instruction), len(images))].append((index, decoded, instruction))
+    for members in groups.values():
         try:
-            values = run([images for _, images in members], instruction)
+            values = run(
+                [images for _, images, _ in members],
+                [instruction for _, _, instruction in members],
+            )
         except Exception:
             logger.exception("%s failed on a group of %d", model_name, len(members))
             failure = InferenceError(failure_message).as_item_error()
             values = None
-        for position, (index, _) in enumerate(members):
+        for position, (index, _, _) in enumerate(members):
             outcomes[index] = (values[position], None) if values is not None else (None, failure)
     return outcomes

@@ -9,26 +9,25 @@ served exactly as that document writes them.
 import asyncio
 import hmac
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
-from fastapi import FastAPI, File, Query, Request, Response, Security, UploadFile
+from fastapi import File, Query, Response, Security, UploadFile
 from fastapi.responses import PlainTextResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.http_errors import (
-    error_responses,
-    install_error_handlers,
-    transient_service_error,
-)
+from deployments.api import api, call_model, resolved
+from deployments.http_errors import error_responses
+from deployments.question_routes import QuestionRoutes
 from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
 from vlgraph import __version__
 from vlgraph.cache import make_result_cache
-from vlgraph.config import AdminConfig, CacheConfig, IngressConfig
+from vlgraph.config import AdminConfig, CacheConfig, IngressConfig, StoreConfig
 from vlgraph.errors import (
     BadRequestError,
     ForbiddenError,
@@ -39,6 +38,7 @@ from vlgraph.errors import (
     UnauthorizedError,
 )
 from vlgraph.image_paths import read_image_file, resolve_image_path
+from vlgraph.image_store import make_image_store
 from vlgraph.images import inspect_image
 from vlgraph.messages import (
     CaptionRequest,
@@ -52,26 +52,6 @@ from vlgraph.tags import caption_tags
 ModelName = Literal["blip", "blip2", "gemma", "intern_vlm"]
 #: Models that read several images in one prompt, hence give one caption for a set.
 COLLECTIVE_MODELS: tuple[ModelName, ...] = ("gemma", "intern_vlm")
-
-api = FastAPI(
-    title="vlgraph",
-    version=__version__,
-    description="Vision-language models served on Ray Serve: BLIP captioning by image path "
-    "(document 000). Errors share one body shape: "
-    '`{"error": {"code", "message", "request_id"}, "detail"}`.',
-)
-install_error_handlers(api)
-
-
-@api.middleware("http")
-async def _count_requests(request: Request, call_next):
-    """Count every answered request by route template, model and status (outermost, so it
-    sees the final status of errors too)."""
-    response = await call_next(request)
-    route = getattr(request.scope.get("route"), "path", "unmatched")
-    model = request.query_params.get("model", "") if route.startswith("/api/caption") else ""
-    service_metrics().count_request(route, model, response.status_code)
-    return response
 
 
 class _Body(BaseModel):
@@ -100,13 +80,15 @@ class BatchCaptionPathRequest(_Body):
 
 
 class HealthResponse(BaseModel):
-    """The service is up; which models it serves."""
+    """The service is up (always 200); which models it serves and whether each is reachable.
+    ``status`` is ``healthy`` when every model is, else ``degraded`` (details: /healthz)."""
 
-    status: str = Field(examples=["healthy"])
+    status: Literal["healthy", "degraded"] = Field(examples=["healthy"])
     service: str = "vlgraph"
     version: str = __version__
     profile: str
     models: list[str]
+    reachable: dict[str, bool] = Field(description="Per model: would a request be served now.")
 
 
 class CaptionResponse(BaseModel):
@@ -182,6 +164,7 @@ class ModelHealth(BaseModel):
         description="A request would be served: a replica runs, or the deployment is scaled "
         "to zero and starts one on demand."
     )
+    message: str | None = Field(None, description="Serve's explanation when not healthy.")
 
 
 class CacheHealth(BaseModel):
@@ -204,7 +187,12 @@ class ResetCacheResponse(BaseModel):
     """What a cache reset removed."""
 
     removed: int = Field(description="Keys removed (this service's namespace only).")
-    backend: str = Field(description="memory (this ingress replica's), redis or none.")
+    backend: str = Field(description="memory, redis or none.")
+    scope: Literal["service", "replica"] = Field(
+        description="service: the shared cache every ingress replica reads (redis, none); "
+        "replica: only the in-process cache of the ingress replica that answered (memory); "
+        "with several ingress replicas, use redis for a service-wide reset."
+    )
 
 
 _MODEL_QUERY = Query("blip", description="Which model captions: blip, blip2, gemma, intern_vlm.")
@@ -216,28 +204,42 @@ _FLAG_PROMPT_QUERY = Query(
 )
 
 
-# Module-level helpers the routes call must be defined above the class: @serve.ingress pickles
-# the FastAPI app (routes included) when the class is decorated, capturing the globals that
-# exist at that moment.
-async def _typed(call):
-    """Await a handle call; Serve's overload and dead-replica errors become a typed 503
-    (Serve answers its own exceptions before any middleware could)."""
-    try:
-        return await call
-    except Exception as error:
-        transient = transient_service_error(error)
-        if transient is None:
-            raise
-        raise transient from None
+# Statuses in which a request is served even with no replica running yet: scaled to zero
+# (HEALTHY) or starting one (UPSCALING); the request waits for the replica.
+_SERVES_FROM_ZERO = {"HEALTHY", "UPSCALING"}
 
 
-async def _resolved(value):
-    return value
+def model_health(
+    deployments: Mapping[str, Any], deployment_of: Mapping[str, str]
+) -> dict[str, ModelHealth]:
+    """Each model's deployment (``deployment_of``: model name to deployment name) as Serve's
+    controller reports it (``serve.status()``'s ``DeploymentStatusOverview`` by deployment
+    name): reachable when a replica runs, or when the deployment is scaled to zero or scaling
+    up and will start one for the request."""
+    health: dict[str, ModelHealth] = {}
+    for model, name in deployment_of.items():
+        found = deployments.get(name)
+        if found is None:
+            health[model] = ModelHealth(
+                deployment=name, status="MISSING", running_replicas=0, reachable=False
+            )
+            continue
+        running = found.replica_states.get("RUNNING", 0)
+        status = str(getattr(found.status, "value", found.status))
+        health[model] = ModelHealth(
+            deployment=name,
+            status=status,
+            running_replicas=running,
+            reachable=running > 0 or status in _SERVES_FROM_ZERO,
+            message=found.message or None,
+        )
+    return health
 
 
 @serve.ingress(api)
-class Ingress:
-    """Routes requests to the model deployments; owns validation and error mapping."""
+class Ingress(QuestionRoutes):
+    """Routes requests to the model deployments; owns validation and error mapping. Document
+    002's routes come from :class:`~deployments.question_routes.QuestionRoutes`."""
 
     def __init__(
         self,
@@ -247,9 +249,16 @@ class Ingress:
         cache_config: CacheConfig | None = None,
         model_fingerprints: dict[str, dict] | None = None,
         admin: AdminConfig | None = None,
+        vqa: DeploymentHandle | None = None,
+        store_config: StoreConfig | None = None,
     ):
         self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
+        self._vqa = vqa
+        self._deployment_of = {name: f"{name}_caption" for name in captioners}
+        if vqa is not None:
+            self._deployment_of["vqa"] = "blip_vqa"
+        self._store = make_image_store(store_config or StoreConfig())
         cache_config = cache_config or CacheConfig(backend="none")
         self._cache = make_result_cache(cache_config, service_metrics().count_cache_event)
         self._cache_backend = cache_config.backend
@@ -260,8 +269,15 @@ class Ingress:
 
     @api.get("/", response_model=HealthResponse, summary="Health check (document 000)")
     async def health(self) -> HealthResponse:
-        """The service is running."""
-        return HealthResponse(status="healthy", profile=self._profile, models=self._model_names())
+        """The service is running; whether each model deployment is reachable."""
+        models = await asyncio.to_thread(self._model_health)
+        reachable = {name: model.reachable for name, model in models.items()}
+        return HealthResponse(
+            status="healthy" if all(reachable.values()) else "degraded",
+            profile=self._profile,
+            models=sorted(self._deployment_of),
+            reachable=reachable,
+        )
 
     @api.get(
         "/healthz",
@@ -288,25 +304,7 @@ class Ingress:
     def _model_health(self) -> dict[str, ModelHealth]:
         application = serve.get_replica_context().app_name
         deployments = serve.status().applications[application].deployments
-        health: dict[str, ModelHealth] = {}
-        for model in self._model_names():
-            name = f"{model}_caption"
-            found = deployments.get(name)
-            if found is None:
-                health[model] = ModelHealth(
-                    deployment=name, status="MISSING", running_replicas=0, reachable=False
-                )
-                continue
-            running = found.replica_states.get("RUNNING", 0)
-            status = str(getattr(found.status, "value", found.status))
-            serving = status in {"HEALTHY", "UPSCALING", "DOWNSCALING"}
-            health[model] = ModelHealth(
-                deployment=name,
-                status=status,
-                running_replicas=running,
-                reachable=serving and (running > 0 or status == "HEALTHY"),
-            )
-        return health
+        return model_health(deployments, self._deployment_of)
 
     @api.post(
         "/caption",
@@ -414,7 +412,7 @@ class Ingress:
         )
         flag_call = self._flag_call(handle, image_set, flag_prompt)
         started = time.perf_counter()
-        result, flag = await asyncio.gather(_typed(caption_call), _typed(flag_call))
+        result, flag = await asyncio.gather(call_model(caption_call), call_model(flag_call))
         service_metrics().observe_model_latency(model, time.perf_counter() - started)
         for outcome in (result, flag):
             if outcome.error is not None:
@@ -468,7 +466,7 @@ class Ingress:
         """Remove every key under this service's namespace, never other data in Redis."""
         self._authorize_admin(api_key)
         if self._cache is None:
-            return ResetCacheResponse(removed=0, backend="none")
+            return ResetCacheResponse(removed=0, backend="none", scope="service")
         try:
             removed = await self._cache.clear()
         except Exception as error:
@@ -476,7 +474,8 @@ class Ingress:
                 f"the cache backend did not answer: {type(error).__name__}",
                 code="cache_unavailable",
             ) from None
-        return ResetCacheResponse(removed=removed, backend=self._cache_backend)
+        scope = "replica" if self._cache_backend == "memory" else "service"
+        return ResetCacheResponse(removed=removed, backend=self._cache_backend, scope=scope)
 
     def _authorize_admin(self, api_key: str | None) -> None:
         if self._admin.debug:
@@ -555,29 +554,40 @@ class Ingress:
     ) -> CaptionImagesItem:
         if isinstance(data, ItemError):
             return CaptionImagesItem(filename=name, error=data)
-        handle = self._captioners[model]
+        try:
+            outcome = await self._answer(model, data, caption_prompt, flag_prompt)
+        except ServiceUnavailableError as error:
+            return CaptionImagesItem(filename=name, error=error.as_item_error())
+        if isinstance(outcome, ItemError):
+            return CaptionImagesItem(filename=name, error=outcome)
+        answer, cached = outcome
+        return self._captioned(name, answer, caption_prompt, cache=cached)
+
+    async def _answer(
+        self, model: str, data: bytes, caption_prompt: str | None, flag_prompt: str | None
+    ) -> tuple[dict, bool] | ItemError:
+        """One checked image's ``{"caption", "flagged"}`` and whether the cache gave it, or
+        the model's error for it. Every captioning route shares these cache entries."""
         key = None
         if self._cache is not None:
             params = self._cache_params(model, caption_prompt, flag_prompt)
             key = self._cache.image_key(data, model, params)
             cached = await self._cache.get(key)
             if cached is not None:
-                return self._captioned(name, cached, caption_prompt, cache=True)
+                return cached, True
+        handle = self._captioners[model]
         caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
         flag_call = self._flag_call(handle, (data,), flag_prompt)
         started = time.perf_counter()
-        try:
-            result, flag = await asyncio.gather(_typed(caption_call), _typed(flag_call))
-        except ServiceUnavailableError as error:
-            return CaptionImagesItem(filename=name, error=error.as_item_error())
+        result, flag = await asyncio.gather(call_model(caption_call), call_model(flag_call))
         service_metrics().observe_model_latency(model, time.perf_counter() - started)
         error = result.error or flag.error
         if error is not None:
-            return CaptionImagesItem(filename=name, error=error)
+            return error
         answer = {"caption": result.caption or "", "flagged": bool(flag.flagged)}
         if key is not None:
             await self._cache.put(key, answer)
-        return self._captioned(name, answer, caption_prompt, cache=False)
+        return answer, False
 
     def _captioned(
         self, name: str, answer: dict, caption_prompt: str | None, cache: bool
@@ -605,7 +615,7 @@ class Ingress:
     @staticmethod
     def _flag_call(handle: DeploymentHandle, images: tuple[bytes, ...], question: str | None):
         if question is None:
-            return _resolved(FlagResult(flagged=False))
+            return resolved(FlagResult(flagged=False))
         return handle.flag.remote(FlagRequest(images=images, question=question))
 
     def _model_names(self) -> list[str]:
@@ -640,12 +650,16 @@ class Ingress:
         )
 
     async def _caption_path(self, path: str) -> CaptionResult:
-        """Read and check one image file, then caption it; client errors become results."""
+        """Read and check one image file, then caption it with BLIP (through the cache, which
+        the upload routes share); client errors become results."""
         try:
             image = await asyncio.to_thread(self._load_image, path)
         except ServiceError as error:
             return CaptionResult(error=error.as_item_error())
-        return await _typed(self._captioners["blip"].caption.remote(CaptionRequest(image=image)))
+        outcome = await self._answer("blip", image, None, None)
+        if isinstance(outcome, ItemError):
+            return CaptionResult(error=outcome)
+        return CaptionResult(caption=outcome[0]["caption"])
 
     def _load_image(self, raw_path: str) -> bytes:
         path: Path = resolve_image_path(raw_path, self._image_root)

@@ -63,7 +63,7 @@ class VisionLanguageCaptioner:
         self._yes_ids, self._no_ids = self._family.answer_token_ids(self._processor)
         from PIL import Image
 
-        self._generate([[Image.new("RGB", (32, 32))]], self._config.caption_instruction)
+        self._generate([[Image.new("RGB", (32, 32))]], [self._config.caption_instruction])
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and wait time live (``user_config`` in the Serve config)."""
@@ -138,21 +138,20 @@ class VisionLanguageCaptioner:
             for value, error in outcomes
         ]
 
-    def _model_inputs(self, images: list[list[Any]], instruction: str | None) -> Any:
-        instructions = [instruction] * len(images)
+    def _model_inputs(self, images: list[list[Any]], instructions: list[str | None]) -> Any:
         inputs = self._family.inputs(self._processor, images, instructions).to(self._device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
         return inputs
 
-    def _generate(self, images: list[list[Any]], instruction: str | None) -> list[str]:
-        inputs = self._model_inputs(images, instruction)
+    def _generate(self, images: list[list[Any]], instructions: list[str | None]) -> list[str]:
+        inputs = self._model_inputs(images, instructions)
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, **self._generate_kwargs)
         return self._family.decode(self._processor, output, inputs)
 
-    def _score_yes_no(self, images: list[list[Any]], instruction: str | None) -> list[bool]:
-        inputs = self._model_inputs(images, instruction)
+    def _score_yes_no(self, images: list[list[Any]], instructions: list[str | None]) -> list[bool]:
+        inputs = self._model_inputs(images, instructions)
         with self._torch.inference_mode():
             logits = self._model(**inputs).logits
         return yes_beats_no(logits[:, -1].float(), self._yes_ids, self._no_ids)

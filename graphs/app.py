@@ -12,6 +12,7 @@ from __future__ import annotations
 from ray.serve import Application
 
 from deployments.blip_caption import BlipCaptionDeployment
+from deployments.blip_vqa import BlipVqaDeployment
 from deployments.ingress import IngressDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
 from vlgraph.config import AppConfig
@@ -26,7 +27,7 @@ def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     cache_dir = config.resolved_cache_dir()
     if config.check_models_before_start:
-        for name, model in config.models.served().items():
+        for name, model in config.served_models().items():
             check_model_available(name, model.source, cache_dir, model.revision)
 
     blip = config.models.blip
@@ -42,11 +43,18 @@ def build_app(args: AppConfig) -> Application:
                 model, str(cache_dir), name
             )
 
+    vqa = None
+    if config.vqa is not None:
+        vqa = BlipVqaDeployment.options(**config.vqa.serve_options()).bind(
+            config.vqa, str(cache_dir), "vqa"
+        )
+
     # Paths are resolved here, in the process that reads the config file, so that a relative
     # image root means the same folder for every replica.
     ingress_config = config.ingress.model_copy(
         update={"image_root": config.ingress.resolved_image_root()}
     )
+    store_config = config.store.model_copy(update={"data_dir": config.store.resolved_data_dir()})
     return IngressDeployment.options(**ingress_config.deployment.serve_options()).bind(
         captioners=captioners,
         config=ingress_config,
@@ -55,6 +63,8 @@ def build_app(args: AppConfig) -> Application:
         admin=config.admin,
         model_fingerprints={
             name: model.model_dump(mode="json", exclude=RESULT_NEUTRAL_FIELDS)
-            for name, model in config.models.served().items()
+            for name, model in config.served_models().items()
         },
+        vqa=vqa,
+        store_config=store_config,
     )

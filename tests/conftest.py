@@ -31,6 +31,8 @@ TEST_MAX_IMAGE_PIXELS = 2_000_000
 TEST_MAX_BATCH_IMAGES = 8
 TEST_MAX_UPLOAD_IMAGES = 4
 TEST_MAX_PROMPT_CHARS = 200
+TEST_MAX_QUESTION_CHARS = 120
+TEST_MAX_HISTORY_PAGE = 10
 TEST_ADMIN_KEY = "test-admin-key"
 
 
@@ -100,8 +102,11 @@ def tiny_vlm_config(family: str, **fields: object) -> dict:
     }
 
 
-def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
-    """The application as the integration tests run it: every model tiny, small limits."""
+def make_test_config(
+    checkpoint_cache: Path, image_root: Path, data_dir: Path | None = None
+) -> AppConfig:
+    """The application as the integration tests run it: every model tiny, small limits; the
+    store under ``data_dir`` (default: a ``data`` folder beside the image root)."""
     return AppConfig.model_validate(
         {
             "profile": "test",
@@ -117,6 +122,8 @@ def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
                 "max_batch_images": TEST_MAX_BATCH_IMAGES,
                 "max_upload_images": TEST_MAX_UPLOAD_IMAGES,
                 "max_prompt_chars": TEST_MAX_PROMPT_CHARS,
+                "max_question_chars": TEST_MAX_QUESTION_CHARS,
+                "max_history_page": TEST_MAX_HISTORY_PAGE,
                 "deployment": {
                     "max_ongoing_requests": 64,
                     "ray_actor_options": {"num_cpus": 0.1},
@@ -137,6 +144,18 @@ def make_test_config(checkpoint_cache: Path, image_root: Path) -> AppConfig:
                 "blip2": tiny_vlm_config("blip2", caption_instruction=None),
                 "gemma": tiny_vlm_config("gemma3"),
                 "intern_vlm": tiny_vlm_config("internvl"),
+            },
+            "vqa": {
+                "source": "tiny:blip-vqa",
+                "device": "cpu",
+                "torch_threads": 1,
+                "generation": {"max_new_tokens": 6},
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+            },
+            "store": {
+                "backend": "sqlite",
+                "data_dir": str(data_dir or image_root.parent / "data"),
             },
         }
     )
@@ -206,11 +225,12 @@ def app(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Iterator
 
 
 def wait_until_healthy(url: str, timeout_s: float = 120.0) -> None:
-    """Poll ``GET /`` until it answers 200."""
+    """Poll ``GET /healthz`` until it answers 200: every model deployment reachable (``GET /``
+    answers 200 as soon as the ingress runs, while models may still be starting)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if httpx.get(url + "/", timeout=5).status_code == 200:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -220,28 +240,28 @@ def wait_until_healthy(url: str, timeout_s: float = 120.0) -> None:
 
 
 class RedisServer:
-    """A real ``redis-server`` on a free loopback port, stoppable and restartable."""
+    """A real ``redis-server`` on a free loopback port, stoppable and restartable. With
+    ``aof_folder`` it keeps an append-only file there, fsynced on every write, so its data
+    survives a restart (or a SIGKILL); without, it keeps nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, aof_folder: Path | None = None) -> None:
         self.port = free_port()
+        self.aof_folder = aof_folder
         self._process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        """Start the server and wait until it answers PING."""
+        """Start the server (same port and folder on a restart) and wait until it answers."""
         import redis
 
+        if self.aof_folder is not None:
+            self.aof_folder.mkdir(parents=True, exist_ok=True)
+            persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+            persistence += ["--dir", str(self.aof_folder)]
+        else:
+            persistence = ["--appendonly", "no"]
+        address = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         self._process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            ["redis-server", *address, *persistence],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -256,8 +276,15 @@ class RedisServer:
                     raise
                 time.sleep(0.05)
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler gets to write anything more."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def stop(self) -> None:
-        """Stop the server (its data is gone: no persistence)."""
+        """Stop the server (without ``aof_folder`` its data is gone)."""
         if self._process is not None:
             self._process.terminate()
             self._process.wait(timeout=10)

@@ -34,7 +34,7 @@ def test_wrong_key_is_403(app: RunningApp, key: str) -> None:
 def test_right_key_resets(app: RunningApp) -> None:
     response = reset(app, {"X-API-Key": TEST_ADMIN_KEY})
     assert response.status_code == 200, response.text
-    assert response.json() == {"removed": 0, "backend": "none"}  # this app runs without cache
+    assert response.json() == {"removed": 0, "backend": "none", "scope": "service"}  # no cache
 
 
 def test_the_openapi_description_declares_the_key(app: RunningApp) -> None:
@@ -52,9 +52,9 @@ def test_healthz_reports_every_model_deployment(app: RunningApp) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok" and body["profile"] == "test"
-    assert set(body["models"]) == {"blip", "blip2", "gemma", "intern_vlm"}
+    assert set(body["models"]) == {"blip", "blip2", "gemma", "intern_vlm", "vqa"}
     for name, model in body["models"].items():
-        assert model["deployment"] == f"{name}_caption"
+        assert model["deployment"] == ("blip_vqa" if name == "vqa" else f"{name}_caption")
         assert model["status"] == "HEALTHY" and model["running_replicas"] == 1
-        assert model["reachable"] is True
+        assert model["reachable"] is True and model["message"] is None
     assert body["cache"] == {"backend": "none", "reachable": True}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, release_ray, wait_until_healthy
+from tests.conftest import REPO_ROOT, free_port, release_ray, wait_until_healthy
 
 pytestmark = pytest.mark.cli
 
@@ -26,12 +26,14 @@ OFFLINE_URL = "http://127.0.0.1:8000"
 
 
 class ServeRun:
-    """A ``serve run`` process whose output is collected as it arrives."""
+    """A ``serve run`` process (or ``command``) whose output is collected as it arrives."""
 
-    def __init__(self, config: Path | str, env: dict[str, str]):
+    def __init__(
+        self, config: Path | str, env: dict[str, str], command: tuple[str, ...] = ("serve", "run")
+    ):
         self.output = ""
         self._process = subprocess.Popen(
-            ["serve", "run", str(config)],
+            [*command, str(config)],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -80,7 +82,7 @@ def user_env(checkpoint_cache: Path) -> dict[str, str]:
 
 def test_offline_profile_serves_the_readme_examples(user_env: dict[str, str]) -> None:
     """README, "Try it": the document 000 requests against ``serve run configs/offline.yaml``."""
-    server = ServeRun("configs/offline.yaml", user_env)
+    server = ServeRun("configs/offline.yaml", {**user_env, "API_KEY": "readme-key"})
     try:
         wait_until_healthy(OFFLINE_URL, timeout_s=180)
         single = httpx.post(
@@ -116,9 +118,50 @@ def test_offline_profile_serves_the_readme_examples(user_env: dict[str, str]) ->
         )
         assert collective.status_code == 200, collective.text
         assert collective.json()["count"] == 2
+        # README, "Cache": the offline profile caches in memory; the admin key resets it.
+        again = httpx.post(
+            f"{OFFLINE_URL}/api/caption-images",
+            params={"model": "blip", "caption_prompt": "a photo of"},
+            files=one,
+            timeout=60,
+        )
+        assert again.json()["results"][0]["cache"] is True
+        reset = httpx.post(
+            f"{OFFLINE_URL}/api/admin/reset-cache", headers={"X-API-Key": "readme-key"}, timeout=30
+        )
+        assert reset.status_code == 200, reset.text
+        assert reset.json()["backend"] == "memory" and reset.json()["scope"] == "replica"
+        assert reset.json()["removed"] >= 2
         assert httpx.get(f"{OFFLINE_URL}/docs", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_port_from_the_environment_moves_the_api(user_env: dict[str, str]) -> None:
+    """Document 001's ``PORT``: ``PORT=N vlgraph-serve configs/offline.yaml`` listens on N."""
+    port = free_port()
+    server = ServeRun("configs/offline.yaml", {**user_env, "PORT": str(port)}, ("vlgraph-serve",))
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", timeout_s=180)
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        assert health.status_code == 200, health.text
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(OFFLINE_URL, timeout=5)
+    finally:
+        server.stop()
+
+
+def test_a_bad_port_is_refused_before_anything_starts(user_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        ["vlgraph-serve", "configs/offline.yaml"],
+        cwd=REPO_ROOT,
+        env={**user_env, "PORT": "eighty"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "PORT='eighty' is invalid" in result.stderr
 
 
 def write_profile(tmp_path: Path, change) -> Path:

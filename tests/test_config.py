@@ -176,3 +176,24 @@ def test_document_environment_variables_are_read_and_validated(monkeypatch) -> N
     monkeypatch.setenv("CACHE_TTL_SECONDS", "soon")
     with pytest.raises(ValueError, match="CACHE_TTL_SECONDS must be an integer"):
         AppConfig()
+
+
+def test_the_store_defaults_and_its_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VLGRAPH_STORE", raising=False)
+    monkeypatch.setenv("VLGRAPH_DATA_DIR", str(tmp_path / "kept"))
+    config = AppConfig()
+    assert config.store.backend == "sqlite"
+    assert config.store.resolved_data_dir() == tmp_path / "kept"
+    assert config.vqa is not None and config.vqa.source == "Salesforce/blip-vqa-base"
+    assert "vqa" in config.served_models()
+    monkeypatch.setenv("VLGRAPH_STORE", "redis")
+    assert AppConfig().store.backend == "redis"
+    monkeypatch.setenv("VLGRAPH_STORE", "mongo")
+    with pytest.raises(ValueError, match="VLGRAPH_STORE must be one of sqlite, redis"):
+        AppConfig()
+
+
+def test_the_store_may_not_share_the_cache_namespace() -> None:
+    with pytest.raises(ValidationError, match="a cache reset removes"):
+        AppConfig(store={"namespace": "vlgraph"})
+    assert "vqa" not in AppConfig(vqa=None).served_models()

@@ -28,6 +28,6 @@ def test_dockerfile_essentials() -> None:
     assert re.search(r"^USER 10001", text, re.M), "runs as a non-root user"
     assert text.index("vlgraph-fetch") < text.index("ENV HF_HUB_OFFLINE=1"), "models pre-fetched"
     assert "HEALTHCHECK" in text
-    assert re.search(r"^CMD .*serve run", text, re.M)
+    assert re.search(r"^CMD .*vlgraph-serve", text, re.M), "PORT honoured"
     for copied in re.findall(r"^COPY (\S+)", text, re.M):
         assert (REPO_ROOT / copied).exists(), f"COPY {copied}: no such file in the repository"

@@ -34,6 +34,7 @@ def zero_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Ite
     args["profile"] = "zero"
     args["admin"] = {"api_key": None, "debug": False}
     args["models"].update(gemma=None, intern_vlm=None)
+    args["vqa"] = None
     args["models"]["blip2"]["deployment"] = {
         "autoscaling_config": {
             "min_replicas": 0,
@@ -58,6 +59,8 @@ def test_a_model_at_zero_replicas_answers_its_first_request(zero_url: str) -> No
     assert health.status_code == 200, health.text
     blip2 = health.json()["models"]["blip2"]
     assert blip2["running_replicas"] == 0 and blip2["reachable"] is True
+    liveness = httpx.get(f"{zero_url}/", timeout=30).json()
+    assert liveness["status"] == "healthy" and liveness["reachable"]["blip2"] is True
     assert running_replicas("blip2_caption") == 0, "a health check must not wake a model"
     files = [("images", ("a.jpg", jpeg_bytes(noise_image(1)), "image/jpeg"))]
     response = httpx.post(

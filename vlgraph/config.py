@@ -206,6 +206,19 @@ class BlipCaptionConfig(ModelFamilyConfig):
     generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
 
 
+class AnswerGenerationConfig(CaptionGenerationConfig):
+    """Decoding settings of a question-answering model: short answers, greedy."""
+
+    max_new_tokens: int = Field(10, ge=1, le=512)
+
+
+class BlipVqaConfig(ModelFamilyConfig):
+    """BLIP visual question answering (``BlipForQuestionAnswering``, document 002)."""
+
+    source: str = "Salesforce/blip-vqa-base"
+    generation: AnswerGenerationConfig = Field(default_factory=AnswerGenerationConfig)
+
+
 VisionLanguageFamilyName = Literal["blip2", "gemma3", "internvl"]
 
 
@@ -278,6 +291,17 @@ class IngressConfig(StrictModel):
     allowed_formats: tuple[ImageFormat, ...] = Field(
         ("JPEG", "PNG", "WEBP"), min_length=1, description="Image formats, judged by content."
     )
+    upload_formats: tuple[ImageFormat, ...] = Field(
+        ("JPEG", "PNG"),
+        min_length=1,
+        description="Formats POST /upload stores (document 002: PNG, JPG, JPEG), by content.",
+    )
+    max_question_chars: int = Field(
+        500, ge=1, le=10_000, description="Longest question for POST /question (422 past it)."
+    )
+    max_history_page: int = Field(
+        100, ge=1, le=1000, description="Most images in one GET /history page (at most 1000)."
+    )
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=256)
     )
@@ -326,6 +350,55 @@ class CacheConfig(StrictModel):
     )
 
 
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (os.environ.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ValueError(
+            f"environment variable {name} must be one of {', '.join(choices)}, not {value!r}"
+        )
+    return value
+
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class StoreConfig(StrictModel):
+    """Where uploaded images, their captions and their question history are kept (document
+    002). ``sqlite``: one SQLite file plus image files under ``data_dir``, for one machine
+    (ingress replicas on that machine share it). ``redis``: a Redis server that every ingress
+    replica of a multi-node cluster reaches; durable only with Redis's append-only file on."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        default_factory=lambda: _env_choice("VLGRAPH_STORE", ("sqlite", "redis"), "sqlite"),
+        description="sqlite (embedded, the default) or redis (shared). $VLGRAPH_STORE.",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description=f"sqlite: the folder of the database and images. Unset: $VLGRAPH_DATA_DIR, "
+        f"else ./{DEFAULT_DATA_DIR}.",
+    )
+    redis_host: str = Field(default_factory=lambda: os.environ.get("REDIS_HOST") or "localhost")
+    redis_port: int = Field(default_factory=lambda: _env_int("REDIS_PORT", 6379), ge=1, le=65535)
+    redis_db: int = Field(default_factory=lambda: _env_int("REDIS_DB", 0), ge=0)
+    timeout_s: float = Field(2.0, gt=0, le=60, description="Redis connect and read timeout.")
+    require_fsync: bool = Field(
+        True,
+        description="redis: answer only after Redis has written the change to its append-only "
+        "file on disk (WAITAOF); a Redis without appendonly is then refused at the first write.",
+    )
+    namespace: str = Field(
+        "vlgraph-store",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="redis: prefix of every key. Distinct from the cache's, so a cache reset "
+        "never touches stored images.",
+    )
+
+    def resolved_data_dir(self) -> Path:
+        """The absolute data folder of the sqlite backend."""
+        folder = self.data_dir or Path(os.environ.get("VLGRAPH_DATA_DIR") or DEFAULT_DATA_DIR)
+        return folder.expanduser().resolve()
+
+
 def _env_flag(name: str) -> bool:
     return (os.environ.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -343,6 +416,10 @@ class AdminConfig(StrictModel):
         default_factory=lambda: _env_flag("DEBUG"),
         description="Development only: admin routes need no key.",
     )
+
+
+#: Model sections at the top level of the profile rather than under ``models``.
+TOP_LEVEL_MODELS = ("vqa",)
 
 
 class AppConfig(StrictModel):
@@ -367,6 +444,20 @@ class AppConfig(StrictModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    vqa: BlipVqaConfig | None = Field(
+        default_factory=BlipVqaConfig,
+        description="Document 002's question answering (POST /question); null: not served.",
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _store_outside_the_cache_namespace(self) -> AppConfig:
+        if self.store.namespace == self.cache.namespace:
+            raise ValueError(
+                f"store.namespace and cache.namespace are both {self.store.namespace!r}: a "
+                "cache reset removes every key under the cache's namespace, stored images too"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_debug_in_production(self) -> AppConfig:
@@ -376,6 +467,13 @@ class AppConfig(StrictModel):
                 "environment production (ENV=production)"
             )
         return self
+
+    def served_models(self) -> dict[str, ModelFamilyConfig]:
+        """Every model deployment this profile serves, by name: the captioners and vqa."""
+        served = self.models.served()
+        if self.vqa is not None:
+            served["vqa"] = self.vqa
+        return served
 
     def resolved_cache_dir(self) -> Path:
         """The absolute checkpoint cache folder."""

@@ -36,6 +36,21 @@ class ImageInfo:
     width: int
     height: int
 
+    @property
+    def media_type(self) -> str:
+        """The format's MIME type, e.g. ``image/png``."""
+        return _MEDIA_TYPES.get(self.format, "application/octet-stream")
+
+
+_MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
 
 def sniff_format(data: bytes) -> str | None:
     """The image format named by the first bytes of ``data``, or None."""

@@ -49,3 +49,19 @@ class CollectionCaptionRequest:
 
     images: tuple[bytes, ...]
     prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class QuestionRequest:
+    """A question about one image (document 002's visual question answering)."""
+
+    image: bytes
+    question: str
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """The model's answer, or the error that kept it from answering."""
+
+    answer: str | None = None
+    error: ItemError | None = None

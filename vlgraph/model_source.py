@@ -46,9 +46,16 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.count("/") > 1
 
 
+def source_field(name: str) -> str:
+    """The profile field that sets model ``name``'s source, e.g. ``models.blip.source``."""
+    from vlgraph.config import TOP_LEVEL_MODELS
+
+    return f"{name}.source" if name in TOP_LEVEL_MODELS else f"models.{name}.source"
+
+
 def _how_to_provide(name: str, source: str) -> str:
     return (
-        f"Provide model '{name}' in one of these ways: set models.{name}.source to a local "
+        f"Provide model '{name}' in one of these ways: set {source_field(name)} to a local "
         f"folder holding the checkpoint; pre-download it on a machine with network access "
         f"(`vlgraph-fetch PROFILE.yaml` or `hf download {source}`) and copy the Hugging Face "
         "cache (HF_HOME) here; or run the offline profile (`serve run configs/offline.yaml`), "
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     for application in document.get("applications", []):
         config = AppConfig.model_validate(application.get("args") or {})
         cache_dir = config.resolved_cache_dir()
-        for name, model in config.models:
+        for name, model in config.served_models().items():
             try:
                 if args.check:
                     check_model_available(name, model.source, cache_dir, model.revision)

@@ -161,16 +161,10 @@ def _add_noise_to_zero_matrices(model) -> None:
                 parameter.normal_(0.0, 0.2)
 
 
-@register("blip-caption")
-def build_blip_caption(folder: Path, size: CheckpointSize) -> None:
-    """BLIP image captioning (``BlipForConditionalGeneration``), base architecture when full."""
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
+def _blip_parts(size: CheckpointSize):
+    """The config, tokenizer and image processor that BLIP's captioning and VQA checkpoints
+    share: base architecture when full, a few kilobytes of weights when tiny."""
+    from transformers import BertTokenizer, BlipConfig, BlipImageProcessor
 
     vocab_size = 30524 if size is CheckpointSize.FULL else 512
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -214,13 +208,34 @@ def build_blip_caption(folder: Path, size: CheckpointSize) -> None:
     config.text_config.bos_token_id = token_ids["[DEC]"]
     config.text_config.sep_token_id = token_ids["[SEP]"]
     config.text_config.eos_token_id = token_ids["[SEP]"]
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    return config, tokenizer, image_processor
 
+
+@register("blip-caption")
+def build_blip_caption(folder: Path, size: CheckpointSize) -> None:
+    """BLIP image captioning (``BlipForConditionalGeneration``), base architecture when full."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    config, tokenizer, image_processor = _blip_parts(size)
     model = BlipForConditionalGeneration(config).eval()
     _add_noise_to_zero_matrices(model.vision_model)
     model.generation_config.max_new_tokens = 20
     model.save_pretrained(folder)
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
-    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+
+@register("blip-vqa")
+def build_blip_vqa(folder: Path, size: CheckpointSize) -> None:
+    """BLIP visual question answering (``BlipForQuestionAnswering``, the architecture of
+    ``Salesforce/blip-vqa-base``), base architecture when full."""
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    config, tokenizer, image_processor = _blip_parts(size)
+    model = BlipForQuestionAnswering(config).eval()
+    _add_noise_to_zero_matrices(model.vision_model)
+    model.generation_config.max_new_tokens = 10
+    model.save_pretrained(folder)
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 
