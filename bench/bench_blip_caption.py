@@ -133,7 +133,7 @@ def bench_config(
 ) -> AppConfig:
     """The application the benchmark serves: BLIP alone on ``checkpoint``, no cache (every
     request reaches the model), the other models left out."""
-    from vlgraph.config import AppConfig
+    from vlgraph.config import TOP_LEVEL_MODELS, AppConfig
 
     return AppConfig.model_validate(
         {
@@ -165,7 +165,7 @@ def bench_config(
                 "gemma": None,
                 "intern_vlm": None,
             },
-            "vqa": None,
+            **dict.fromkeys(TOP_LEVEL_MODELS),
             "cache": {"backend": "none"},
         }
     )

@@ -69,7 +69,7 @@ def main() -> None:
     from ray import serve
 
     from graphs.app import build_app
-    from vlgraph.config import AppConfig
+    from vlgraph.config import TOP_LEVEL_MODELS, AppConfig
 
     cache_dir = Path(args.cache_dir).resolve()
     # Logical CPUs as the test session declares them, so that the small CPU shares below fit
@@ -84,7 +84,7 @@ def main() -> None:
                     "profile": "bench",
                     "checkpoint_cache_dir": str(cache_dir),
                     "cache": {"backend": "none"},
-                    "vqa": None,
+                    **dict.fromkeys(TOP_LEVEL_MODELS),
                     "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
                     "models": {
                         "blip": {

@@ -22,12 +22,19 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.api import api, call_model, resolved
+from deployments.embedding_routes import EmbeddingRoutes
 from deployments.http_errors import error_responses
 from deployments.question_routes import QuestionRoutes
 from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
 from vlgraph import __version__
 from vlgraph.cache import make_result_cache
-from vlgraph.config import AdminConfig, CacheConfig, IngressConfig, StoreConfig
+from vlgraph.config import (
+    AdminConfig,
+    CacheConfig,
+    ImageFetchConfig,
+    IngressConfig,
+    StoreConfig,
+)
 from vlgraph.errors import (
     BadRequestError,
     ForbiddenError,
@@ -47,6 +54,7 @@ from vlgraph.messages import (
     FlagRequest,
     FlagResult,
 )
+from vlgraph.safe_fetch import ImageFetcher
 from vlgraph.tags import caption_tags
 
 ModelName = Literal["blip", "blip2", "gemma", "intern_vlm"]
@@ -237,9 +245,10 @@ def model_health(
 
 
 @serve.ingress(api)
-class Ingress(QuestionRoutes):
+class Ingress(QuestionRoutes, EmbeddingRoutes):
     """Routes requests to the model deployments; owns validation and error mapping. Document
-    002's routes come from :class:`~deployments.question_routes.QuestionRoutes`."""
+    002's routes come from :class:`~deployments.question_routes.QuestionRoutes`, document
+    003's from :class:`~deployments.embedding_routes.EmbeddingRoutes`."""
 
     def __init__(
         self,
@@ -251,6 +260,8 @@ class Ingress(QuestionRoutes):
         admin: AdminConfig | None = None,
         vqa: DeploymentHandle | None = None,
         store_config: StoreConfig | None = None,
+        encoders: dict[str, DeploymentHandle] | None = None,
+        fetch_config: ImageFetchConfig | None = None,
     ):
         self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
@@ -258,6 +269,10 @@ class Ingress(QuestionRoutes):
         self._deployment_of = {name: f"{name}_caption" for name in captioners}
         if vqa is not None:
             self._deployment_of["vqa"] = "blip_vqa"
+        self._encoders = encoders or {}
+        for name in self._encoders:
+            self._deployment_of[name] = f"{name}_encoder"
+        self._fetcher = ImageFetcher(fetch_config or ImageFetchConfig(), config.max_image_bytes)
         self._store = make_image_store(store_config or StoreConfig())
         cache_config = cache_config or CacheConfig(backend="none")
         self._cache = make_result_cache(cache_config, service_metrics().count_cache_event)

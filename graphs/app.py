@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from deployments.blip_caption import BlipCaptionDeployment
 from deployments.blip_vqa import BlipVqaDeployment
+from deployments.clip_encoder import ClipImageDeployment, ClipTextDeployment
 from deployments.ingress import IngressDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
 from vlgraph.config import AppConfig
@@ -49,6 +50,17 @@ def build_app(args: AppConfig) -> Application:
             config.vqa, str(cache_dir), "vqa"
         )
 
+    encoders = {}
+    for name, deployment, modality in (
+        ("clip_image", ClipImageDeployment, "image"),
+        ("clip_text", ClipTextDeployment, "text"),
+    ):
+        model = getattr(config, name)
+        if model is not None:
+            encoders[name] = deployment.options(**model.serve_options()).bind(
+                model, str(cache_dir), name, modality
+            )
+
     # Paths are resolved here, in the process that reads the config file, so that a relative
     # image root means the same folder for every replica.
     ingress_config = config.ingress.model_copy(
@@ -67,4 +79,6 @@ def build_app(args: AppConfig) -> Application:
         },
         vqa=vqa,
         store_config=store_config,
+        encoders=encoders,
+        fetch_config=config.image_fetch,
     )

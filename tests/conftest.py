@@ -33,6 +33,8 @@ TEST_MAX_UPLOAD_IMAGES = 4
 TEST_MAX_PROMPT_CHARS = 200
 TEST_MAX_QUESTION_CHARS = 120
 TEST_MAX_HISTORY_PAGE = 10
+TEST_MAX_TEXT_CHARS = 300
+TEST_MAX_ENCODE_ITEMS = 6
 TEST_ADMIN_KEY = "test-admin-key"
 
 
@@ -124,6 +126,8 @@ def make_test_config(
                 "max_prompt_chars": TEST_MAX_PROMPT_CHARS,
                 "max_question_chars": TEST_MAX_QUESTION_CHARS,
                 "max_history_page": TEST_MAX_HISTORY_PAGE,
+                "max_text_chars": TEST_MAX_TEXT_CHARS,
+                "max_encode_items": TEST_MAX_ENCODE_ITEMS,
                 "deployment": {
                     "max_ongoing_requests": 64,
                     "ray_actor_options": {"num_cpus": 0.1},
@@ -152,6 +156,27 @@ def make_test_config(
                 "generation": {"max_new_tokens": 6},
                 "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
                 "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+            },
+            "clip_image": {
+                "source": "tiny:clip",
+                "device": "cpu",
+                "torch_threads": 1,
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+            },
+            "clip_text": {
+                "source": "tiny:clip-multilingual",
+                "device": "cpu",
+                "torch_threads": 1,
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+            },
+            # The explicit switch that lets the tests' own HTTP server on 127.0.0.1 be fetched;
+            # every other private address stays refused.
+            "image_fetch": {
+                "allowed_networks": ["127.0.0.1/32"],
+                "read_timeout_s": 1.0,
+                "total_timeout_s": 3.0,
             },
             "store": {
                 "backend": "sqlite",

@@ -52,9 +52,17 @@ def test_healthz_reports_every_model_deployment(app: RunningApp) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok" and body["profile"] == "test"
-    assert set(body["models"]) == {"blip", "blip2", "gemma", "intern_vlm", "vqa"}
-    for name, model in body["models"].items():
-        assert model["deployment"] == ("blip_vqa" if name == "vqa" else f"{name}_caption")
+    deployments = {
+        "blip": "blip_caption",
+        "blip2": "blip2_caption",
+        "gemma": "gemma_caption",
+        "intern_vlm": "intern_vlm_caption",
+        "vqa": "blip_vqa",
+        "clip_image": "clip_image_encoder",
+        "clip_text": "clip_text_encoder",
+    }
+    assert {name: model["deployment"] for name, model in body["models"].items()} == deployments
+    for model in body["models"].values():
         assert model["status"] == "HEALTHY" and model["running_replicas"] == 1
         assert model["reachable"] is True and model["message"] is None
     assert body["cache"] == {"backend": "none", "reachable": True}

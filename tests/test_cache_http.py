@@ -48,6 +48,7 @@ def cached_url(
     data_dir = serve_logs.parent / "cached-data"
     args = make_test_config(checkpoint_cache, image_root, data_dir).model_dump(mode="json")
     args["models"].update(blip2=None, intern_vlm=None)
+    args.update(clip_image=None, clip_text=None)
     args["cache"] = {"backend": "redis", "redis_host": "127.0.0.1", "redis_port": redis_server.port}
     args["admin"] = {"api_key": None, "debug": True}
     serve.run(

@@ -197,3 +197,35 @@ def test_the_store_may_not_share_the_cache_namespace() -> None:
     with pytest.raises(ValidationError, match="a cache reset removes"):
         AppConfig(store={"namespace": "vlgraph"})
     assert "vqa" not in AppConfig(vqa=None).served_models()
+
+
+def test_the_gpu_profile_packs_onto_one_gpu() -> None:
+    """Every model's minimum replicas fit one GPU: fractions sum to at most 1."""
+    document = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    config = AppConfig.model_validate(document["applications"][0]["args"])
+    total = 0.0
+    for model in config.served_models().values():
+        options = model.deployment
+        replicas = (
+            options.autoscaling_config.min_replicas
+            if options.autoscaling_config is not None
+            else options.num_replicas
+        )
+        assert options.ray_actor_options.num_gpus > 0, "every model runs on the GPU"
+        total += replicas * options.ray_actor_options.num_gpus
+    assert total <= 1.0
+
+
+def test_the_offline_profile_fits_two_cores() -> None:
+    """``serve run configs/offline.yaml`` on a 2-core machine: every replica's CPU share fits
+    (Ray schedules by these numbers; one that does not fit never starts)."""
+    document = yaml.safe_load((REPO_ROOT / "configs/offline.yaml").read_text())
+    config = AppConfig.model_validate(document["applications"][0]["args"])
+    deployments = [model.deployment for model in config.served_models().values()]
+    deployments.append(config.ingress.deployment)
+    total = sum(
+        (options.num_replicas or options.autoscaling_config.initial_replicas or 0)
+        * options.ray_actor_options.num_cpus
+        for options in deployments
+    )
+    assert total <= 1.75, f"{total} CPUs asked; keep room for Serve's proxy and controller"

@@ -98,3 +98,18 @@ def test_fetch_check_accepts_the_offline_profile(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "blip: tiny:blip-caption available" in result.stdout
+
+
+def test_pickled_weights_are_skipped_only_beside_safetensors() -> None:
+    from vlgraph.model_source import pickled_duplicates
+
+    files = [
+        "model.safetensors",
+        "pytorch_model.bin",
+        "1_Pooling/config.json",
+        "2_Dense/pytorch_model.bin",
+        "2_Dense/config.json",
+        "0_CLIPModel/model.safetensors",
+        "0_CLIPModel/pytorch_model.bin",
+    ]
+    assert pickled_duplicates(files) == ["pytorch_model.bin", "0_CLIPModel/pytorch_model.bin"]

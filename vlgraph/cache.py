@@ -163,6 +163,10 @@ class ResultCache:
         """Key of one image's answer by ``model`` under ``params``."""
         return self._key("img", _sha256(image), model, params)
 
+    def text_key(self, text: str, model: str, params: dict[str, Any]) -> str:
+        """Key of one text's answer (an embedding) by ``model`` under ``params``."""
+        return self._key("text", _sha256(text.encode()), model, params)
+
     def collection_key(self, images: Sequence[bytes], model: str, params: dict[str, Any]) -> str:
         """Key of one answer about a set of images, in their order."""
         hashes = "".join(_sha256(image) for image in images)

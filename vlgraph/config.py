@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
 DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
 
@@ -219,6 +219,50 @@ class BlipVqaConfig(ModelFamilyConfig):
     generation: AnswerGenerationConfig = Field(default_factory=AnswerGenerationConfig)
 
 
+class EncoderConfig(ModelFamilyConfig):
+    """A sentence-transformers encoder of document 003: CLIP's image side or the multilingual
+    text model aligned with it, both 512-dimensional in one space."""
+
+    source: str = Field(
+        description="Hub id, local folder or 'tiny:clip' / 'tiny:clip-multilingual'."
+    )
+
+
+DiffusionFamilyName = Literal["sd", "sdxl"]
+
+
+class DiffusionConfig(ModelFamilyConfig):
+    """A text-to-image pipeline of diffusers (documents 002 and 004): Stable Diffusion
+    (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``), with the bounds that
+    keep one request from taking the machine."""
+
+    family: DiffusionFamilyName = Field(description="sd: Stable Diffusion 1.x; sdxl: SDXL.")
+    default_steps: int = Field(25, ge=1, le=500, description="Denoising steps when not asked.")
+    max_steps: int = Field(50, ge=1, le=500, description="Most steps a request may ask for.")
+    default_size: int = Field(
+        512, ge=64, le=4096, multiple_of=8, description="Height and width when not asked."
+    )
+    max_height: int = Field(768, ge=64, le=4096, multiple_of=8)
+    max_width: int = Field(768, ge=64, le=4096, multiple_of=8)
+    guidance_scale: float = Field(7.5, ge=0, le=50, description="Default classifier-free guidance.")
+    max_guidance_scale: float = Field(20.0, ge=0, le=50)
+    safety_checker: bool = Field(
+        True,
+        description="Run the pipeline's safety checker (Stable Diffusion): flagged images are "
+        "blacked out and reported. SDXL ships without one.",
+    )
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> DiffusionConfig:
+        if self.default_steps > self.max_steps:
+            raise ValueError("default_steps must not exceed max_steps")
+        if self.default_size > min(self.max_height, self.max_width):
+            raise ValueError("default_size must fit max_height and max_width")
+        if self.guidance_scale > self.max_guidance_scale:
+            raise ValueError("guidance_scale must not exceed max_guidance_scale")
+        return self
+
+
 VisionLanguageFamilyName = Literal["blip2", "gemma3", "internvl"]
 
 
@@ -299,6 +343,12 @@ class IngressConfig(StrictModel):
     max_question_chars: int = Field(
         500, ge=1, le=10_000, description="Longest question for POST /question (422 past it)."
     )
+    max_text_chars: int = Field(
+        2000, ge=1, le=100_000, description="Longest text for POST /encode_text (422 past it)."
+    )
+    max_encode_items: int = Field(
+        64, ge=1, le=1024, description="Most texts or images in one encode request (413 past it)."
+    )
     max_history_page: int = Field(
         100, ge=1, le=1000, description="Most images in one GET /history page (at most 1000)."
     )
@@ -348,6 +398,28 @@ class CacheConfig(StrictModel):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Prefix of every key; a reset removes only keys under it.",
     )
+
+
+class ImageFetchConfig(StrictModel):
+    """How ``image_url`` inputs are fetched (document 003). By default only public internet
+    addresses are reachable: every address a host resolves to must be global."""
+
+    allowed_domains: tuple[str, ...] = Field(
+        (),
+        description="If set, only these hosts and their subdomains are fetched, e.g. "
+        "['images.example.com', 'cdn.example.org'].",
+    )
+    allowed_networks: tuple[IPvAnyNetwork, ...] = Field(
+        (),
+        description="Networks exempt from the public-address rule, e.g. an internal image "
+        "host ['10.1.2.0/24']; the tests use ['127.0.0.1/32'] for their local server. Empty "
+        "(the default): loopback, private, link-local, CGNAT and metadata addresses are refused.",
+    )
+    max_redirects: int = Field(3, ge=0, le=10, description="Redirect hops followed, each checked.")
+    connect_timeout_s: float = Field(3.0, gt=0, le=60)
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Longest wait for any bytes.")
+    total_timeout_s: float = Field(20.0, gt=0, le=600, description="Whole fetch, redirects in.")
+    user_agent: str = Field("vlgraph-image-fetch/1", min_length=1, max_length=200)
 
 
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -419,7 +491,7 @@ class AdminConfig(StrictModel):
 
 
 #: Model sections at the top level of the profile rather than under ``models``.
-TOP_LEVEL_MODELS = ("vqa",)
+TOP_LEVEL_MODELS = ("vqa", "clip_image", "clip_text")
 
 
 class AppConfig(StrictModel):
@@ -449,6 +521,17 @@ class AppConfig(StrictModel):
         description="Document 002's question answering (POST /question); null: not served.",
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
+    clip_image: EncoderConfig | None = Field(
+        default_factory=lambda: EncoderConfig(source="sentence-transformers/clip-ViT-B-32"),
+        description="Document 003's image encoder (POST /encode_image); null: not served.",
+    )
+    clip_text: EncoderConfig | None = Field(
+        default_factory=lambda: EncoderConfig(
+            source="sentence-transformers/clip-ViT-B-32-multilingual-v1"
+        ),
+        description="Document 003's multilingual text encoder (POST /encode_text).",
+    )
+    image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
 
     @model_validator(mode="after")
     def _store_outside_the_cache_namespace(self) -> AppConfig:
@@ -469,10 +552,13 @@ class AppConfig(StrictModel):
         return self
 
     def served_models(self) -> dict[str, ModelFamilyConfig]:
-        """Every model deployment this profile serves, by name: the captioners and vqa."""
-        served = self.models.served()
-        if self.vqa is not None:
-            served["vqa"] = self.vqa
+        """Every model deployment this profile serves, by name: the captioners, then vqa and
+        the CLIP encoders."""
+        served: dict[str, ModelFamilyConfig] = dict(self.models.served())
+        for name in TOP_LEVEL_MODELS:
+            model = getattr(self, name)
+            if model is not None:
+                served[name] = model
         return served
 
     def resolved_cache_dir(self) -> Path:

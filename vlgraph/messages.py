@@ -65,3 +65,18 @@ class AnswerResult:
 
     answer: str | None = None
     error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class EncodeRequest:
+    """One input of an encoder: encoded image bytes (checked by the ingress) or a text."""
+
+    item: bytes | str
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """The raw (not normalized) embedding, or the error that kept this input from one."""
+
+    embedding: tuple[float, ...] | None = None
+    error: ItemError | None = None

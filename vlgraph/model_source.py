@@ -11,6 +11,7 @@ never hang a start-up: when a Hub id is neither cached nor reachable it raises
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 from pathlib import Path
 
@@ -116,9 +117,23 @@ def resolve_model_path(
 def _files_to_skip(source: str, revision: str | None) -> list[str]:
     from huggingface_hub import HfApi
 
-    files = HfApi().list_repo_files(source, revision=revision)
-    has_safetensors = any(name.endswith(".safetensors") for name in files)
-    return _OTHER_FRAMEWORK_FILES + (_PICKLED_WEIGHTS if has_safetensors else [])
+    return _OTHER_FRAMEWORK_FILES + pickled_duplicates(
+        HfApi().list_repo_files(source, revision=revision)
+    )
+
+
+def pickled_duplicates(files: list[str]) -> list[str]:
+    """Pickled weight files in folders that also hold safetensors: skipped, as duplicates.
+
+    Judged per folder because sentence-transformers repositories mix both: the multilingual
+    CLIP model has safetensors at the root and only ``2_Dense/pytorch_model.bin``."""
+    with_safetensors = {os.path.dirname(name) for name in files if name.endswith(".safetensors")}
+    return [
+        name
+        for name in files
+        if os.path.dirname(name) in with_safetensors
+        and any(fnmatch.fnmatch(os.path.basename(name), pattern) for pattern in _PICKLED_WEIGHTS)
+    ]
 
 
 def _probe_hub(name: str, source: str, revision: str | None) -> None:
