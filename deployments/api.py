@@ -8,11 +8,18 @@ routes call live here, at module level, so they exist when Serve pickles the app
 
 from __future__ import annotations
 
+import json
+from typing import TypeVar
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from deployments.http_errors import install_error_handlers, transient_service_error
 from deployments.service_metrics import service_metrics
 from vlgraph import __version__
+from vlgraph.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from vlgraph.images import inspect_image
 
 api = FastAPI(
     title="vlgraph",
@@ -50,3 +57,79 @@ async def call_model(call):
 async def resolved(value):
     """An awaitable that gives ``value``: stands in for a model call that is not needed."""
     return value
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+#: OpenAPI content types of routes that take their fields as JSON or as a form.
+FORM_OR_JSON = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def form_or_json_body(schema: dict) -> dict:
+    """``openapi_extra`` declaring a request body sent as JSON or as form fields."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {kind: {"schema": schema} for kind in FORM_OR_JSON},
+        }
+    }
+
+
+async def read_form_or_json(request: Request, model: type[Body]) -> Body:
+    """The body as ``model``, from JSON or from form fields (documents 002 and 004 send
+    either); a 422 naming the field when it does not validate, 415 for other content types."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: object
+    if content_type == "application/json":
+        try:
+            fields = json.loads(await request.body())
+        except ValueError as error:
+            raise RequestValidationError(
+                [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
+            ) from None
+    elif content_type in FORM_OR_JSON:
+        form = await request.form()
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    else:
+        raise UnsupportedMediaTypeError(
+            "send the fields as JSON (application/json) or as a form "
+            f"(application/x-www-form-urlencoded, multipart/form-data); got {content_type!r}"
+        )
+    return validated(model, fields)
+
+
+def validated(model: type[Body], fields: object) -> Body:
+    """``fields`` as ``model``; a 422 naming each bad field (``body.<name>``) otherwise."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem["loc"])} for problem in error.errors()]
+        ) from None
+
+
+async def read_image_form(
+    request: Request, max_bytes: int, formats: tuple[str, ...], max_pixels: int
+) -> tuple[bytes, dict[str, str]]:
+    """A multipart form's ``image`` file, checked as uploads are (size, pixels, format by
+    content), and its other fields."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise UnsupportedMediaTypeError(
+            f"send a multipart/form-data body with an 'image' file; got {content_type!r}"
+        )
+    form = await request.form()
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", "image"), "msg": "Field required"}]
+        )
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"{upload.filename or 'the image'} is over the {max_bytes}-byte limit",
+            code="image_too_large",
+        )
+    inspect_image(data, formats, max_pixels)
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    return data, fields

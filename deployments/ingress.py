@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.api import api, call_model, resolved
 from deployments.embedding_routes import EmbeddingRoutes
+from deployments.generation_routes import GenerationRoutes
 from deployments.http_errors import error_responses
 from deployments.question_routes import QuestionRoutes
 from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
@@ -31,6 +32,7 @@ from vlgraph.cache import make_result_cache
 from vlgraph.config import (
     AdminConfig,
     CacheConfig,
+    DiffusionConfig,
     ImageFetchConfig,
     IngressConfig,
     StoreConfig,
@@ -245,10 +247,11 @@ def model_health(
 
 
 @serve.ingress(api)
-class Ingress(QuestionRoutes, EmbeddingRoutes):
+class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
     """Routes requests to the model deployments; owns validation and error mapping. Document
-    002's routes come from :class:`~deployments.question_routes.QuestionRoutes`, document
-    003's from :class:`~deployments.embedding_routes.EmbeddingRoutes`."""
+    002's question routes come from :class:`~deployments.question_routes.QuestionRoutes`,
+    document 003's from :class:`~deployments.embedding_routes.EmbeddingRoutes`, generation
+    (documents 002 and 004) from :class:`~deployments.generation_routes.GenerationRoutes`."""
 
     def __init__(
         self,
@@ -262,6 +265,9 @@ class Ingress(QuestionRoutes, EmbeddingRoutes):
         store_config: StoreConfig | None = None,
         encoders: dict[str, DeploymentHandle] | None = None,
         fetch_config: ImageFetchConfig | None = None,
+        generators: dict[str, DeploymentHandle] | None = None,
+        generator_configs: dict[str, DiffusionConfig] | None = None,
+        pipeline: DeploymentHandle | None = None,
     ):
         self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
@@ -273,6 +279,13 @@ class Ingress(QuestionRoutes, EmbeddingRoutes):
         for name in self._encoders:
             self._deployment_of[name] = f"{name}_encoder"
         self._fetcher = ImageFetcher(fetch_config or ImageFetchConfig(), config.max_image_bytes)
+        self._generators = generators or {}
+        self._generator_configs = generator_configs or {}
+        for name in self._generators:
+            self._deployment_of[name] = f"{name}_generator"
+        self._pipeline = pipeline
+        if pipeline is not None:
+            self._deployment_of["similar_image"] = "similar_image"
         self._store = make_image_store(store_config or StoreConfig())
         cache_config = cache_config or CacheConfig(backend="none")
         self._cache = make_result_cache(cache_config, service_metrics().count_cache_event)

@@ -7,17 +7,14 @@ atomic store write; a question is answered first and recorded after.
 """
 
 import base64
-import json
 import time
 from datetime import datetime
-from typing import Any
 
 from fastapi import File, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import api, call_model
+from deployments.api import api, call_model, form_or_json_body, read_form_or_json
 from deployments.http_errors import error_responses
 from deployments.service_metrics import service_metrics
 from vlgraph.errors import (
@@ -25,7 +22,6 @@ from vlgraph.errors import (
     ItemError,
     PayloadTooLargeError,
     ServiceError,
-    UnsupportedMediaTypeError,
 )
 from vlgraph.image_store import HistoryPage, ImageStore, QuestionRecord
 from vlgraph.images import ImageInfo, inspect_image
@@ -114,21 +110,12 @@ class QuestionRoutes:
         response_model=QuestionResponse,
         summary="Ask a question about an uploaded image (document 002)",
         responses=error_responses(404, 415, 422, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": _QUESTION_BODY_SCHEMA},
-                    "application/x-www-form-urlencoded": {"schema": _QUESTION_BODY_SCHEMA},
-                    "multipart/form-data": {"schema": _QUESTION_BODY_SCHEMA},
-                },
-            }
-        },
+        openapi_extra=form_or_json_body(_QUESTION_BODY_SCHEMA),
     )
     async def question(self, request: Request) -> QuestionResponse:
         """Answer ``question`` about the image ``image_id`` (form fields or JSON) and record
         it in the image's history."""
-        body = await self._question_body(request)
+        body = await read_form_or_json(request, QuestionBody)
         question = self._checked_question(body.question)
         stored = await self._store.get_image(body.image_id)
         data = await self._store.read_image(stored.image_id)
@@ -181,31 +168,6 @@ class QuestionRoutes:
             raise BadRequestError("the image file is empty", code="empty_image")
         info = inspect_image(data, self._config.upload_formats, self._config.max_image_pixels)
         return data, info
-
-    async def _question_body(self, request: Request) -> QuestionBody:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        fields: Any
-        if content_type == "application/json":
-            try:
-                fields = json.loads(await request.body())
-            except ValueError as error:
-                raise RequestValidationError(
-                    [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
-                ) from None
-        elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.form()
-            fields = {key: value for key, value in form.items() if isinstance(value, str)}
-        else:
-            raise UnsupportedMediaTypeError(
-                "send question and image_id as JSON (application/json) or as form fields "
-                f"(application/x-www-form-urlencoded, multipart/form-data); got {content_type!r}"
-            )
-        try:
-            return QuestionBody.model_validate(fields)
-        except ValidationError as error:
-            raise RequestValidationError(
-                [{**problem, "loc": ("body", *problem["loc"])} for problem in error.errors()]
-            ) from None
 
     def _checked_question(self, question: str) -> str:
         text = question.strip()

@@ -19,7 +19,8 @@ LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 
 
 class ServiceMetrics:
-    """Requests by route, model and status; cache hits, misses and errors; model latency."""
+    """Requests by route, model and status; cache hits, misses and errors; model latency;
+    denoising steps."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -40,6 +41,12 @@ class ServiceMetrics:
             boundaries=LATENCY_BOUNDARIES,
             tag_keys=("model",),
         )
+        self.generation_steps = metrics.Counter(
+            "vlgraph_generation_steps",
+            description="Denoising steps run by the image generators (a cancelled stream stops "
+            "adding to it).",
+            tag_keys=("model",),
+        )
 
     def count_request(self, route: str, model: str, status: int) -> None:
         """One answered HTTP request."""
@@ -52,6 +59,10 @@ class ServiceMetrics:
     def observe_model_latency(self, model: str, seconds: float) -> None:
         """One model call's latency as the ingress saw it (queueing included)."""
         self.model_latency.observe(seconds, tags={"model": model})
+
+    def count_generation_steps(self, model: str, steps: int = 1) -> None:
+        """Denoising steps a generator ran."""
+        self.generation_steps.inc(steps, tags={"model": model})
 
 
 @functools.cache

@@ -14,8 +14,10 @@ from ray.serve import Application
 from deployments.blip_caption import BlipCaptionDeployment
 from deployments.blip_vqa import BlipVqaDeployment
 from deployments.clip_encoder import ClipImageDeployment, ClipTextDeployment
+from deployments.diffusion import DiffusionDeployment
 from deployments.ingress import IngressDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
+from graphs.similar_image import bind_similar_image
 from vlgraph.config import AppConfig
 from vlgraph.model_source import check_model_available
 
@@ -61,6 +63,23 @@ def build_app(args: AppConfig) -> Application:
                 model, str(cache_dir), name, modality
             )
 
+    generators, generator_configs = {}, {}
+    for name in ("sd", "sdxl"):
+        model = getattr(config, name)
+        if model is not None:
+            options = {"name": f"{name}_generator", **model.serve_options()}
+            generators[name] = DiffusionDeployment.options(**options).bind(
+                model, str(cache_dir), name
+            )
+            generator_configs[name] = model
+    # Document 004's pipeline chains BLIP into SDXL (Stable Diffusion when SDXL is off).
+    pipeline = None
+    chained = "sdxl" if "sdxl" in generators else "sd" if "sd" in generators else None
+    if chained is not None:
+        pipeline = bind_similar_image(
+            captioners["blip"], generators[chained], generator_configs[chained], config.ingress
+        )
+
     # Paths are resolved here, in the process that reads the config file, so that a relative
     # image root means the same folder for every replica.
     ingress_config = config.ingress.model_copy(
@@ -81,4 +100,7 @@ def build_app(args: AppConfig) -> Application:
         store_config=store_config,
         encoders=encoders,
         fetch_config=config.image_fetch,
+        generators=generators,
+        generator_configs=generator_configs,
+        pipeline=pipeline,
     )

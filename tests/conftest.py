@@ -35,6 +35,8 @@ TEST_MAX_QUESTION_CHARS = 120
 TEST_MAX_HISTORY_PAGE = 10
 TEST_MAX_TEXT_CHARS = 300
 TEST_MAX_ENCODE_ITEMS = 6
+TEST_MAX_STEPS = 200
+TEST_MAX_IMAGE_SIDE = 128
 TEST_ADMIN_KEY = "test-admin-key"
 
 
@@ -99,6 +101,25 @@ def tiny_vlm_config(family: str, **fields: object) -> dict:
         "torch_threads": 1,
         "generation": {"max_new_tokens": 8},
         "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+        "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+        **fields,
+    }
+
+
+def tiny_generator_config(family: str, **fields: object) -> dict:
+    """A tiny image generator as the tests run it: 64 px, 2 steps by default, up to 200 steps
+    (long enough to cancel a stream midway)."""
+    return {
+        "family": family,
+        "source": f"tiny:{family}",
+        "device": "cpu",
+        "torch_threads": 1,
+        "default_steps": 2,
+        "max_steps": TEST_MAX_STEPS,
+        "default_size": 64,
+        "max_height": TEST_MAX_IMAGE_SIDE,
+        "max_width": TEST_MAX_IMAGE_SIDE,
+        "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
         "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
         **fields,
     }
@@ -171,6 +192,8 @@ def make_test_config(
                 "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
                 "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
             },
+            "sd": tiny_generator_config("sd"),
+            "sdxl": tiny_generator_config("sdxl", guidance_scale=5.0),
             # The explicit switch that lets the tests' own HTTP server on 127.0.0.1 be fetched;
             # every other private address stays refused.
             "image_fetch": {

@@ -60,6 +60,9 @@ def test_healthz_reports_every_model_deployment(app: RunningApp) -> None:
         "vqa": "blip_vqa",
         "clip_image": "clip_image_encoder",
         "clip_text": "clip_text_encoder",
+        "sd": "sd_generator",
+        "sdxl": "sdxl_generator",
+        "similar_image": "similar_image",
     }
     assert {name: model["deployment"] for name, model in body["models"].items()} == deployments
     for model in body["models"].values():

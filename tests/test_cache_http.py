@@ -48,7 +48,7 @@ def cached_url(
     data_dir = serve_logs.parent / "cached-data"
     args = make_test_config(checkpoint_cache, image_root, data_dir).model_dump(mode="json")
     args["models"].update(blip2=None, intern_vlm=None)
-    args.update(clip_image=None, clip_text=None)
+    args.update(clip_image=None, clip_text=None, sdxl=None)
     args["cache"] = {"backend": "redis", "redis_host": "127.0.0.1", "redis_port": redis_server.port}
     args["admin"] = {"api_key": None, "debug": True}
     serve.run(
@@ -238,3 +238,19 @@ def test_cache_hits_misses_and_errors_reach_the_metrics(
             break
         assert time.monotonic() < deadline, f"cache metrics did not move: {moved}"
         time.sleep(1)
+
+
+def test_seeded_generations_are_cached_and_unseeded_ones_are_not(cached_url: str) -> None:
+    def generate(**fields) -> dict:
+        body = {"prompt": "a red square", "model": "sd", **fields}
+        response = httpx.get(f"{cached_url}/generate-image", params=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    first, again = generate(seed=7), generate(seed=7)
+    assert (first["cache"], again["cache"]) == (False, True)
+    assert again["image"] == first["image"] and again["seed"] == 7
+    assert generate(seed=8)["cache"] is False
+    unseeded = [generate(), generate()]
+    assert [item["cache"] for item in unseeded] == [False, False]
+    assert unseeded[0]["seed"] != unseeded[1]["seed"]

@@ -26,7 +26,7 @@ def tight_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> It
     args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
     args["models"].update(blip2=None, gemma=None, intern_vlm=None)
     args["vqa"] = None
-    args.update(clip_image=None, clip_text=None)
+    args.update(clip_image=None, clip_text=None, sd=None, sdxl=None)
     blip = args["models"]["blip"]
     blip["generation"].update(max_new_tokens=40, min_new_tokens=40)
     blip["batching"]["max_batch_size"] = 1

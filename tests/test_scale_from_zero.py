@@ -35,7 +35,7 @@ def zero_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Ite
     args["admin"] = {"api_key": None, "debug": False}
     args["models"].update(gemma=None, intern_vlm=None)
     args["vqa"] = None
-    args.update(clip_image=None, clip_text=None)
+    args.update(clip_image=None, clip_text=None, sd=None, sdxl=None)
     args["models"]["blip2"]["deployment"] = {
         "autoscaling_config": {
             "min_replicas": 0,

@@ -31,7 +31,7 @@ def store_app(
     """BLIP and VQA only, no result cache, the given store."""
     args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
     args["models"].update(blip2=None, gemma=None, intern_vlm=None)
-    args.update(clip_image=None, clip_text=None)
+    args.update(clip_image=None, clip_text=None, sd=None, sdxl=None)
     args["cache"] = {"backend": "none"}
     args["admin"] = {"api_key": None, "debug": False}
     args["store"] = store

@@ -491,7 +491,7 @@ class AdminConfig(StrictModel):
 
 
 #: Model sections at the top level of the profile rather than under ``models``.
-TOP_LEVEL_MODELS = ("vqa", "clip_image", "clip_text")
+TOP_LEVEL_MODELS = ("vqa", "clip_image", "clip_text", "sd", "sdxl")
 
 
 class AppConfig(StrictModel):
@@ -532,6 +532,24 @@ class AppConfig(StrictModel):
         description="Document 003's multilingual text encoder (POST /encode_text).",
     )
     image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
+    sd: DiffusionConfig | None = Field(
+        default_factory=lambda: DiffusionConfig(
+            family="sd", source="stable-diffusion-v1-5/stable-diffusion-v1-5"
+        ),
+        description="Stable Diffusion for POST /generate (document 002); null: not served.",
+    )
+    sdxl: DiffusionConfig | None = Field(
+        default_factory=lambda: DiffusionConfig(
+            family="sdxl",
+            source="stabilityai/stable-diffusion-xl-base-1.0",
+            default_size=1024,
+            max_height=1024,
+            max_width=1024,
+            default_steps=30,
+            guidance_scale=5.0,
+        ),
+        description="SDXL for GET /generate-image and the similar-image pipeline (document 004).",
+    )
 
     @model_validator(mode="after")
     def _store_outside_the_cache_namespace(self) -> AppConfig:
@@ -563,7 +581,11 @@ class AppConfig(StrictModel):
 
     def resolved_cache_dir(self) -> Path:
         """The absolute checkpoint cache folder."""
-        folder = self.checkpoint_cache_dir or Path(
-            os.environ.get("VLGRAPH_CACHE_DIR") or DEFAULT_CHECKPOINT_CACHE
-        )
-        return folder.expanduser().resolve()
+        return resolve_checkpoint_cache_dir(self.checkpoint_cache_dir)
+
+
+def resolve_checkpoint_cache_dir(folder: Path | str | None) -> Path:
+    """Where ``tiny:`` checkpoints are built: ``folder``, else ``$VLGRAPH_CACHE_DIR``, else the
+    default, made absolute."""
+    chosen = Path(folder or os.environ.get("VLGRAPH_CACHE_DIR") or DEFAULT_CHECKPOINT_CACHE)
+    return chosen.expanduser().resolve()

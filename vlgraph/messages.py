@@ -7,6 +7,7 @@ already checked by the ingress, and are decoded on the model replica.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from vlgraph.errors import ItemError
 
@@ -80,3 +81,45 @@ class EmbeddingResult:
 
     embedding: tuple[float, ...] | None = None
     error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to generate, every setting resolved by the caller.
+
+    ``negative_prompt`` is the only optional field: ``None`` is the pipeline's own default
+    (``""`` for Stable Diffusion, zero embeddings for SDXL).
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A PNG image with the seed that made it, or the error that kept this request from one.
+
+    ``nsfw`` is the safety checker's verdict (a flagged image comes back black), ``None`` when
+    no checker runs (disabled, or SDXL, which has none).
+    """
+
+    image_png: bytes | None = None
+    seed: int | None = None
+    nsfw: bool | None = None
+    error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """One event of a streamed generation: a finished denoising ``step`` (1 to
+    ``total_steps``), then the ``image``, or an ``error``, each carrying the final result."""
+
+    kind: Literal["step", "image", "error"]
+    step: int | None = None
+    total_steps: int | None = None
+    result: GenerationResult | None = None

@@ -876,6 +876,10 @@ def build_internvl(folder: Path, size: CheckpointSize) -> None:
     _save(model, processor, folder)
 
 
+# The diffusion builders live in their own module and register themselves on import.
+from vlgraph import tiny_diffusion  # noqa: E402, F401
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: build checkpoints and print their folders."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,0 +1,297 @@
+"""Text-to-image deployment: Stable Diffusion 1.x or SDXL through diffusers (documents 002, 004).
+
+The replica loads ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` with the ordinary
+``from_pretrained`` and runs every pipeline call on its :class:`ModelThread`. Requests arrive
+fully resolved (the ingress fills in defaults and checks bounds); each gets a
+:class:`GenerationResult` with a PNG or a typed error, so one bad request never fails its batch.
+
+Batches: one pipeline call takes one height, width, step count and guidance scale, and either
+negative prompts for every row or for none (SDXL encodes a missing negative prompt as zeros, not
+as ``""``), so a batch is split into groups by those and each group is one call. Every row gets
+its own ``torch.Generator`` seeded with its request's seed: its latents, hence its image, depend
+only on its own seed and prompt.
+
+Streaming: :meth:`DiffusionGenerator.generate_stream` reports each denoising step and then the
+image. A consumer that goes away stops the pipeline at the next step, freeing the model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+import vlgraph.tiny_diffusion  # noqa: F401  (registers the "tiny:sd" and "tiny:sdxl" builders)
+from deployments.service_metrics import service_metrics
+from vlgraph.config import BatchingConfig, DiffusionConfig
+from vlgraph.errors import InferenceError, ItemError, ServiceError
+from vlgraph.messages import GenerationEvent, GenerationRequest, GenerationResult
+from vlgraph.model_source import resolve_model_path
+from vlgraph.model_thread import ModelThread
+from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
+
+logger = logging.getLogger("ray.serve")
+
+#: Smallest image side the pipelines accept (their VAEs downsample by 8).
+SIZE_MULTIPLE = 8
+#: Seeds are what ``torch.Generator.manual_seed`` takes without wrapping around.
+MAX_SEED = 2**64 - 1
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the pipeline's step callback when a stream's consumer has gone away.
+
+    Raising ends the call at once. diffusers' own ``pipe._interrupt = True`` only skips the
+    remaining steps: the VAE decode and the safety checker would still run on the half-denoised
+    latents, for an image nobody reads.
+    """
+
+
+#: The pipeline's per-step callback: ``(pipeline, step index, timestep, tensors) -> tensors``.
+StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+
+
+class DiffusionGenerator:
+    """Generates images with a diffusers text-to-image pipeline (``config.family``: ``sd`` for
+    Stable Diffusion 1.x, ``sdxl`` for SDXL)."""
+
+    def __init__(self, config: DiffusionConfig, checkpoint_cache_dir: str, name: str):
+        self.family = config.family
+        self._config = config
+        self._name = name
+        self._model_thread = ModelThread(name)
+        self._model_thread.call(self._load, checkpoint_cache_dir)
+        self.reconfigure(config.user_config())
+
+    def _load(self, checkpoint_cache_dir: str) -> None:
+        import torch
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        config = self._config
+        apply_thread_limit(config)
+        path = resolve_model_path(
+            self._name, config.source, Path(checkpoint_cache_dir), config.revision
+        )
+        self._torch = torch
+        self._device = select_device(config)
+        self._dtype = select_dtype(config, self._device)
+        pipeline_class: Any = StableDiffusionXLPipeline
+        extra: dict[str, Any] = {}
+        if config.family == "sd":
+            pipeline_class = StableDiffusionPipeline
+            if not config.safety_checker:
+                # Otherwise the checker in the checkpoint loads and runs whatever the config says.
+                extra = {"safety_checker": None, "requires_safety_checker": False}
+        pipe = pipeline_class.from_pretrained(path, dtype=self._dtype, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe = pipe.to(self._device)
+        self._run(
+            [
+                GenerationRequest(
+                    prompt="warm-up",
+                    negative_prompt=None,
+                    height=64,
+                    width=64,
+                    steps=1,
+                    guidance_scale=config.guidance_scale,
+                    seed=0,
+                )
+            ]
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batch size and wait time live (``user_config`` in the Serve config)."""
+        BatchingConfig.model_validate(user_config.get("batching", {})).apply(self._generate_batch)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate one image; concurrent calls are batched together."""
+        return await self._generate_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return await self._model_thread.run(self._generate_in_groups, requests)
+
+    def generate_now(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Generate a list of requests as one batch, waiting for the model thread."""
+        return self._model_thread.call(self._generate_in_groups, requests)
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Generate one image, yielding a ``step`` event after each denoising step and then an
+        ``image`` event (or one ``error`` event). Closing or cancelling the iterator stops the
+        pipeline at its next step."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            yield GenerationEvent(kind="error", result=GenerationResult(error=refusal))
+            return
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def publish(event: GenerationEvent | None) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancelled.set()
+
+        work = asyncio.ensure_future(
+            self._model_thread.run(self._stream_one, request, publish, cancelled)
+        )
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            try:
+                result = await work
+            except GenerationCancelled:
+                return
+            except Exception:
+                logger.exception("%s failed on a streamed request", self._name)
+                result = GenerationResult(error=self._failure())
+            yield GenerationEvent(kind="image" if result.error is None else "error", result=result)
+        finally:
+            # GeneratorExit (closed) or CancelledError (task cancelled) land here while the
+            # model thread may still be working: stop it at its next step, or before it starts.
+            cancelled.set()
+            work.cancel()
+
+    def _stream_one(
+        self,
+        request: GenerationRequest,
+        publish: Callable[[GenerationEvent | None], None],
+        cancelled: threading.Event,
+    ) -> GenerationResult:
+        """Run one streamed request on the model thread; ``None`` is published at the end."""
+        try:
+            if cancelled.is_set():
+                raise GenerationCancelled
+            total = request.steps
+            reported = 0
+
+            def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
+                nonlocal reported
+                if cancelled.is_set():
+                    raise GenerationCancelled
+                # Some schedulers run more iterations than steps (PNDM: one more): spread the
+                # pipeline's iterations over the requested steps, never reporting ahead.
+                iterations = getattr(pipe, "num_timesteps", None) or total
+                step = min(total, (index + 1) * total // iterations)
+                if step > reported:
+                    reported = step
+                    publish(GenerationEvent(kind="step", step=step, total_steps=total))
+                return {}
+
+            return self._run([request], on_step_end)[0]
+        finally:
+            publish(None)
+
+    def _generate_in_groups(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Refuse out-of-bounds requests, then one pipeline call per group of requests that
+        share their settings; a call that fails fails its group alone."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            refusal = self._refusal(request)
+            if refusal is not None:
+                results[index] = GenerationResult(error=refusal)
+                continue
+            key = (
+                request.height,
+                request.width,
+                request.steps,
+                request.guidance_scale,
+                request.negative_prompt is not None,
+            )
+            groups[key].append(index)
+        for members in groups.values():
+            try:
+                outcomes = self._run([requests[index] for index in members])
+            except Exception:
+                logger.exception("%s failed on a group of %d", self._name, len(members))
+                outcomes = [GenerationResult(error=self._failure())] * len(members)
+            for index, outcome in zip(members, outcomes, strict=True):
+                results[index] = outcome
+        return [result for result in results if result is not None]
+
+    def _run(
+        self, requests: list[GenerationRequest], on_step_end: StepCallback | None = None
+    ) -> list[GenerationResult]:
+        """One pipeline call for requests that share size, steps, guidance and whether they
+        have a negative prompt."""
+        first = requests[0]
+        generators = [
+            self._torch.Generator(device=self._device).manual_seed(request.seed)
+            for request in requests
+        ]
+        arguments: dict[str, Any] = {
+            "prompt": [request.prompt for request in requests],
+            "height": first.height,
+            "width": first.width,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
+            "generator": generators,
+            "output_type": "pil",
+        }
+        if first.negative_prompt is not None:
+            arguments["negative_prompt"] = [request.negative_prompt for request in requests]
+        metrics = service_metrics()
+
+        def count_step(pipe: Any, index: int, timestep: Any, tensors: dict) -> dict:
+            metrics.count_generation_steps(self._name)
+            return on_step_end(pipe, index, timestep, tensors) if on_step_end else {}
+
+        arguments["callback_on_step_end"] = count_step
+        output = self._pipe(**arguments)
+        flags = getattr(output, "nsfw_content_detected", None)
+        return [
+            GenerationResult(
+                image_png=_png(image),
+                seed=request.seed,
+                nsfw=None if flags is None else bool(flags[position]),
+            )
+            for position, (image, request) in enumerate(zip(output.images, requests, strict=True))
+        ]
+
+    def _refusal(self, request: GenerationRequest) -> ItemError | None:
+        """The bounds the ingress enforces, checked again: a 422 instead of a runaway job."""
+        config = self._config
+        problems = []
+        if not 1 <= request.steps <= config.max_steps:
+            problems.append(f"steps {request.steps} is outside 1 to {config.max_steps}")
+        for side, value, most in (
+            ("height", request.height, config.max_height),
+            ("width", request.width, config.max_width),
+        ):
+            if not SIZE_MULTIPLE <= value <= most or value % SIZE_MULTIPLE:
+                problems.append(
+                    f"{side} {value} must be a multiple of {SIZE_MULTIPLE} from "
+                    f"{SIZE_MULTIPLE} to {most}"
+                )
+        if not 0 <= request.guidance_scale <= config.max_guidance_scale:
+            problems.append(
+                f"guidance_scale {request.guidance_scale} is outside 0 to "
+                f"{config.max_guidance_scale}"
+            )
+        if not 0 <= request.seed <= MAX_SEED:
+            problems.append(f"seed {request.seed} is outside 0 to {MAX_SEED}")
+        if not problems:
+            return None
+        message = f"{self._name}: " + "; ".join(problems)
+        return ServiceError(message, code="generation_out_of_bounds", status=422).as_item_error()
+
+    def _failure(self) -> ItemError:
+        return InferenceError("the image generation model failed on this request").as_item_error()
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+DiffusionDeployment = serve.deployment(DiffusionGenerator, name="diffusion")

@@ -1,0 +1,105 @@
+"""What a client may ask of an image generator, and the bounds that keep one request from
+taking the machine (documents 002 and 004).
+
+:func:`resolve_generation` turns the optional fields of a request into a complete
+:class:`~vlgraph.messages.GenerationRequest` for one model: defaults from the model's
+:class:`~vlgraph.config.DiffusionConfig`, a random seed when none is given (reported back so
+the image can be made again), and a 422 naming the limit for anything out of bounds.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlgraph.config import DiffusionConfig
+from vlgraph.errors import ServiceError
+from vlgraph.messages import GenerationRequest
+
+GeneratorName = Literal["sd", "sdxl"]
+
+#: Seeds fit a signed 64-bit integer, so that every client language can send them.
+MAX_SEED = 2**63 - 1
+#: Height and width must be multiples of this (the VAE downsamples by 8).
+SIZE_MULTIPLE = 8
+MIN_SIZE = 64
+
+
+class GenerationSettings(BaseModel):
+    """Optional settings of one generation; unset ones take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    height: int | None = Field(None, description="Pixels, a multiple of 8.")
+    width: int | None = Field(None, description="Pixels, a multiple of 8.")
+    num_inference_steps: int | None = Field(None, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance.")
+    negative_prompt: str | None = Field(None, description="What the image should not show.")
+    seed: int | None = Field(
+        None, description="Same seed, same settings, same prompt: same image. Unset: random."
+    )
+
+
+class BoundsError(ServiceError):
+    """422: a generation setting is outside what this server allows; the message names it."""
+
+    status = 422
+    code = "generation_limit"
+
+
+def resolve_generation(
+    prompt: str, settings: GenerationSettings, config: DiffusionConfig, max_prompt_chars: int
+) -> GenerationRequest:
+    """The complete request for ``config``'s model, or :class:`BoundsError` naming the limit."""
+    text = _checked_text("prompt", prompt, max_prompt_chars, required=True)
+    negative = _checked_text("negative_prompt", settings.negative_prompt, max_prompt_chars)
+    height = _checked_size("height", settings.height, config.default_size, config.max_height)
+    width = _checked_size("width", settings.width, config.default_size, config.max_width)
+    steps = settings.num_inference_steps
+    if steps is None:
+        steps = config.default_steps
+    elif not 1 <= steps <= config.max_steps:
+        raise BoundsError(
+            f"num_inference_steps must be between 1 and {config.max_steps}, not {steps}"
+        )
+    guidance = config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
+    if not 0 <= guidance <= config.max_guidance_scale:
+        raise BoundsError(
+            f"guidance_scale must be between 0 and {config.max_guidance_scale}, not {guidance}"
+        )
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= seed <= MAX_SEED:
+        raise BoundsError(f"seed must be between 0 and {MAX_SEED}, not {seed}")
+    return GenerationRequest(
+        prompt=text,
+        negative_prompt=negative,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance_scale=float(guidance),
+        seed=seed,
+    )
+
+
+def _checked_text(name: str, text: str | None, limit: int, required: bool = False) -> str | None:
+    cleaned = (text or "").strip()
+    if not cleaned:
+        if required:
+            raise BoundsError(f"{name} is empty; describe the image to generate")
+        return None
+    if len(cleaned) > limit:
+        raise BoundsError(f"{name} has {len(cleaned)} characters; the limit is {limit}")
+    return cleaned
+
+
+def _checked_size(name: str, value: int | None, default: int, largest: int) -> int:
+    if value is None:
+        return default
+    if value % SIZE_MULTIPLE or not MIN_SIZE <= value <= largest:
+        raise BoundsError(
+            f"{name} must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {largest}, "
+            f"not {value}"
+        )
+    return value
