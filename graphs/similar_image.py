@@ -34,6 +34,7 @@ from vlgraph.config import (
     DiffusionConfig,
     IngressConfig,
     StrictModel,
+    default_sdxl,
     resolve_checkpoint_cache_dir,
 )
 from vlgraph.errors import ItemError, ServiceError
@@ -209,17 +210,7 @@ class SimilarImageAppConfig(StrictModel):
     captioner: BlipCaptionConfig = Field(
         default_factory=lambda: BlipCaptionConfig(source="Salesforce/blip-image-captioning-large")
     )
-    generator: DiffusionConfig = Field(
-        default_factory=lambda: DiffusionConfig(
-            family="sdxl",
-            source="stabilityai/stable-diffusion-xl-base-1.0",
-            default_size=1024,
-            max_height=1024,
-            max_width=1024,
-            default_steps=30,
-            guidance_scale=5.0,
-        )
-    )
+    generator: DiffusionConfig = Field(default_factory=default_sdxl)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
 
 

@@ -263,6 +263,19 @@ class DiffusionConfig(ModelFamilyConfig):
         return self
 
 
+def default_sdxl() -> DiffusionConfig:
+    """SDXL base 1.0 as it is meant to run: 1024 px, 30 steps, guidance 5."""
+    return DiffusionConfig(
+        family="sdxl",
+        source="stabilityai/stable-diffusion-xl-base-1.0",
+        default_size=1024,
+        max_height=1024,
+        max_width=1024,
+        default_steps=30,
+        guidance_scale=5.0,
+    )
+
+
 VisionLanguageFamilyName = Literal["blip2", "gemma3", "internvl"]
 
 
@@ -539,15 +552,7 @@ class AppConfig(StrictModel):
         description="Stable Diffusion for POST /generate (document 002); null: not served.",
     )
     sdxl: DiffusionConfig | None = Field(
-        default_factory=lambda: DiffusionConfig(
-            family="sdxl",
-            source="stabilityai/stable-diffusion-xl-base-1.0",
-            default_size=1024,
-            max_height=1024,
-            max_width=1024,
-            default_steps=30,
-            guidance_scale=5.0,
-        ),
+        default_factory=default_sdxl,
         description="SDXL for GET /generate-image and the similar-image pipeline (document 004).",
     )
 
