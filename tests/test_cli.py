@@ -6,6 +6,7 @@ starts its own local Ray, so the session's instance is released first.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -73,11 +74,17 @@ class ServeRun:
 
 
 @pytest.fixture
-def user_env(checkpoint_cache: Path) -> dict[str, str]:
-    """A user's shell in the repository: default image root ./images, shared tiny cache."""
+def user_env(checkpoint_cache: Path, tmp_path: Path) -> dict[str, str]:
+    """A user's shell in the repository: default image root ./images, shared tiny cache, the
+    upload store in a fresh folder (not the checkout's ./data)."""
     release_ray()
     env = {key: value for key, value in os.environ.items() if key != "IMAGE_ROOT"}
-    return {**env, "VLGRAPH_CACHE_DIR": str(checkpoint_cache), "RAY_DEDUP_LOGS": "0"}
+    return {
+        **env,
+        "VLGRAPH_CACHE_DIR": str(checkpoint_cache),
+        "VLGRAPH_DATA_DIR": str(tmp_path / "data"),
+        "RAY_DEDUP_LOGS": "0",
+    }
 
 
 def test_offline_profile_serves_the_readme_examples(user_env: dict[str, str]) -> None:
@@ -132,9 +139,72 @@ def test_offline_profile_serves_the_readme_examples(user_env: dict[str, str]) ->
         assert reset.status_code == 200, reset.text
         assert reset.json()["backend"] == "memory" and reset.json()["scope"] == "replica"
         assert reset.json()["removed"] >= 2
+        readme_examples_of_documents_002_to_004(examples)
         assert httpx.get(f"{OFFLINE_URL}/docs", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def readme_examples_of_documents_002_to_004(examples: Path) -> None:
+    """The README's curl examples of documents 002, 003 and 004, as HTTP calls."""
+    photo = (examples / "example.jpg").read_bytes()
+    upload = httpx.post(
+        f"{OFFLINE_URL}/upload", files={"image": ("example.jpg", photo)}, timeout=60
+    )
+    assert upload.status_code == 200, upload.text
+    image_id = upload.json()["image_id"]
+    by_form = httpx.post(
+        f"{OFFLINE_URL}/question",
+        data={"question": "what is in the picture", "image_id": image_id},
+        timeout=60,
+    )
+    by_json = httpx.post(
+        f"{OFFLINE_URL}/question",
+        json={"question": "is it outdoors", "image_id": image_id},
+        timeout=60,
+    )
+    assert by_form.status_code == 200 and by_json.status_code == 200, by_json.text
+    assert len(by_json.json()["history"]) == 2
+    history = httpx.get(f"{OFFLINE_URL}/history", params={"limit": 5}, timeout=30).json()
+    assert history["items"][0]["image_id"] == image_id
+
+    text = httpx.post(
+        f"{OFFLINE_URL}/encode_text",
+        json={"text": "This is a sample text to encode", "normalize": True},
+        timeout=60,
+    )
+    assert text.status_code == 200 and len(text.json()["embedding"]) == 512
+    image = httpx.post(
+        f"{OFFLINE_URL}/encode_image",
+        json={"image_b64": base64.b64encode(photo).decode()},
+        timeout=60,
+    )
+    assert image.status_code == 200 and image.json()["dimension"] == 512
+    assert httpx.get(f"{OFFLINE_URL}/health", timeout=30).json() == {"status": "healthy"}
+
+    generated = httpx.post(
+        f"{OFFLINE_URL}/generate",
+        json={"description": "a lighthouse at dusk", "num_inference_steps": 4, "seed": 42},
+        timeout=120,
+    )
+    assert generated.status_code == 200, generated.text
+    assert generated.json()["seed"] == 42 and generated.json()["image_id"]
+    sunset = httpx.get(
+        f"{OFFLINE_URL}/generate-image",
+        params={"prompt": "A beautiful sunset over the ocean"},
+        timeout=120,
+    )
+    assert sunset.status_code == 200 and sunset.json()["model"] == "sdxl"
+    similar = httpx.post(
+        f"{OFFLINE_URL}/api/similar-image", files={"image": ("example.jpg", photo)}, timeout=120
+    )
+    assert similar.status_code == 200 and similar.json()["caption"]
+    stream = httpx.post(
+        f"{OFFLINE_URL}/generate/stream",
+        json={"description": "a lighthouse at dusk", "num_inference_steps": 8},
+        timeout=120,
+    )
+    assert stream.text.count("event: step") == 8 and "event: image" in stream.text
 
 
 def test_port_from_the_environment_moves_the_api(user_env: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ redis-server. No Ray. Tests are plain functions that run small coroutines with a
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -343,6 +344,24 @@ def test_sqlite_layout(tmp_path: Path) -> None:
         assert {"images", "questions"} <= tables
     finally:
         connection.close()
+
+
+def test_sqlite_sweeps_old_orphan_files_at_start(tmp_path: Path) -> None:
+    """A process killed between writing a file and committing its row leaves the file; the
+    next store on the folder removes it once it is old enough to be nobody's write."""
+    kept = run(SqliteImageStore(tmp_path).add_image(PNG, "image/png", "kept"))
+    images = tmp_path / "images"
+    old_orphan, young_orphan = images / ("a" * 32 + ".png"), images / ("b" * 32 + ".png")
+    for orphan in (old_orphan, young_orphan):
+        orphan.write_bytes(PNG)
+    long_ago = time.time() - image_store.ORPHAN_AGE_S - 60
+    os.utime(old_orphan, (long_ago, long_ago))
+    os.utime(images / f"{kept.image_id}.png", (long_ago, long_ago))
+
+    reopened = SqliteImageStore(tmp_path)
+    assert run(reopened.read_image(kept.image_id)) == PNG
+    assert not old_orphan.exists() and young_orphan.exists()
+    assert (images / f"{kept.image_id}.png").exists()
 
 
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ MAX_HISTORY_LIMIT = 1000
 DB_FILE_NAME = "vlgraph.sqlite3"
 IMAGES_FOLDER = "images"
 SQLITE_BUSY_TIMEOUT_S = 5.0
+#: An image file without its row is an orphan once it is this old (a write takes milliseconds).
+ORPHAN_AGE_S = 600.0
 
 ImageKind = Literal["upload", "generated"]
 
@@ -421,6 +423,19 @@ class SqliteImageStore(ImageStore):
         finally:
             connection.close()
         _fsync_dir(self.data_dir)
+        self._sweep_orphans()
+
+    def _sweep_orphans(self) -> None:
+        """Remove image files that no row names, left by a process killed between writing
+        the file and committing its row. Only files older than ``ORPHAN_AGE_S``: a younger
+        one may belong to another replica's write that is about to commit."""
+        with contextlib.closing(self._connect()) as connection:
+            named = {row[0] for row in connection.execute("SELECT file_name FROM images")}
+        cutoff = time.time() - ORPHAN_AGE_S
+        for path in self.images_dir.iterdir():
+            if path.name not in named and path.is_file() and path.stat().st_mtime < cutoff:
+                logger.warning("image store: removing %s, written but never committed", path)
+                path.unlink(missing_ok=True)
 
     def _add_image(self, record: StoredImage, data: bytes) -> None:
         self._ensure_ready()
