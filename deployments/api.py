@@ -9,9 +9,10 @@ routes call live here, at module level, so they exist when Serve pickles the app
 from __future__ import annotations
 
 import json
+import time
 from typing import TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -52,6 +53,15 @@ async def call_model(call):
         if transient is None:
             raise
         raise transient from None
+
+
+async def timed_model_call(model: str, call):
+    """:func:`call_model`, recording how long ``model`` took (queueing included) in the
+    model latency histogram."""
+    started = time.perf_counter()
+    result = await call_model(call)
+    service_metrics().observe_model_latency(model, time.perf_counter() - started)
+    return result
 
 
 async def resolved(value):
@@ -108,6 +118,17 @@ def validated(model: type[Body], fields: object) -> Body:
         ) from None
 
 
+async def read_upload(upload: UploadFile, max_bytes: int, name: str | None = None) -> bytes:
+    """An uploaded file's bytes, reading at most one past ``max_bytes``: 413 when over."""
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"{name or upload.filename or 'the image'} is over the {max_bytes}-byte limit",
+            code="image_too_large",
+        )
+    return data
+
+
 async def read_image_form(
     request: Request, max_bytes: int, formats: tuple[str, ...], max_pixels: int
 ) -> tuple[bytes, dict[str, str]]:
@@ -124,12 +145,7 @@ async def read_image_form(
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body", "image"), "msg": "Field required"}]
         )
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PayloadTooLargeError(
-            f"{upload.filename or 'the image'} is over the {max_bytes}-byte limit",
-            code="image_too_large",
-        )
+    data = await read_upload(upload, max_bytes)
     inspect_image(data, formats, max_pixels)
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     return data, fields

@@ -12,16 +12,14 @@ import asyncio
 import base64
 import binascii
 import math
-import time
 from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import api, call_model
+from deployments.api import api, timed_model_call
 from deployments.http_errors import error_responses
-from deployments.service_metrics import service_metrics
 from vlgraph.errors import BadRequestError, PayloadTooLargeError, ServiceError
 from vlgraph.images import inspect_image
 from vlgraph.messages import EncodeRequest
@@ -197,7 +195,7 @@ class EmbeddingRoutes:
             )
         key = None
         if self._cache is not None:
-            params = {"model": name, "settings": self._fingerprints.get(name, {})}
+            params = self._result_params(name)
             key = (
                 self._cache.text_key(item, name, params)
                 if isinstance(item, str)
@@ -206,9 +204,7 @@ class EmbeddingRoutes:
             cached = await self._cache.get(key)
             if cached is not None:
                 return tuple(cached["embedding"])
-        started = time.perf_counter()
-        result = await call_model(handle.encode.remote(EncodeRequest(item=item)))
-        service_metrics().observe_model_latency(name, time.perf_counter() - started)
+        result = await timed_model_call(name, handle.encode.remote(EncodeRequest(item=item)))
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         if key is not None:

@@ -12,7 +12,6 @@ which stops between two steps.
 import base64
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -23,14 +22,13 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.api import (
     api,
-    call_model,
     form_or_json_body,
     read_form_or_json,
     read_image_form,
+    timed_model_call,
     validated,
 )
 from deployments.http_errors import error_responses
-from deployments.service_metrics import service_metrics
 from graphs.similar_image import SimilarImageRequest
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import BadRequestError, ServiceError
@@ -210,9 +208,9 @@ class GenerationRoutes:
         """The caption of ``image`` and the image generated from it, chained inside the
         pipeline deployment (the caption never comes back through here first)."""
         model, similar = await self._similar_request(request)
-        started = time.perf_counter()
-        result = await call_model(self._pipeline_handle().run.remote(similar))
-        service_metrics().observe_model_latency("similar_image", time.perf_counter() - started)
+        result = await timed_model_call(
+            "similar_image", self._pipeline_handle().run.remote(similar)
+        )
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         generation = _with_prompt(similar.generation, result.caption)
@@ -275,18 +273,12 @@ class GenerationRoutes:
         cached (a random seed asks for a new image)."""
         key = None
         if cacheable and self._cache is not None:
-            params = {
-                "model": model,
-                "settings": self._fingerprints.get(model, {}),
-                "request": generation.__dict__,
-            }
+            params = self._result_params(model, request=generation.__dict__)
             key = self._cache.text_key(generation.prompt, model, params)
             cached = await self._cache.get(key)
             if cached is not None:
                 return GeneratedImage.model_validate({**cached, "cache": True})
-        started = time.perf_counter()
-        result = await call_model(self._generator(model).generate.remote(generation))
-        service_metrics().observe_model_latency(model, time.perf_counter() - started)
+        result = await timed_model_call(model, self._generator(model).generate.remote(generation))
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         answer = _generated_image(model, generation, result)

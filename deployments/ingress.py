@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import api, call_model, resolved
+from deployments.api import api, call_model, read_upload, resolved, timed_model_call
 from deployments.embedding_routes import EmbeddingRoutes
 from deployments.generation_routes import GenerationRoutes
 from deployments.http_errors import error_responses
@@ -430,7 +430,9 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         image_set = tuple(data for _, data in uploads)
         key = None
         if self._cache is not None:
-            params = self._cache_params(model, caption_prompt, flag_prompt)
+            params = self._result_params(
+                model, caption_prompt=caption_prompt, flag_prompt=flag_prompt
+            )
             key = self._cache.collection_key(image_set, model, params)
             cached = await self._cache.get(key)
             if cached is not None:
@@ -439,9 +441,9 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
             CollectionCaptionRequest(images=image_set, prompt=caption_prompt)
         )
         flag_call = self._flag_call(handle, image_set, flag_prompt)
-        started = time.perf_counter()
-        result, flag = await asyncio.gather(call_model(caption_call), call_model(flag_call))
-        service_metrics().observe_model_latency(model, time.perf_counter() - started)
+        result, flag = await timed_model_call(
+            model, asyncio.gather(call_model(caption_call), call_model(flag_call))
+        )
         for outcome in (result, flag):
             if outcome.error is not None:
                 raise ServiceError.from_item_error(outcome.error)
@@ -558,13 +560,8 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         uploads: list[tuple[str, bytes | ItemError]] = []
         for index, upload in enumerate(files):
             name = upload.filename or f"image{index}"
-            data = await upload.read(self._config.max_image_bytes + 1)
             try:
-                if len(data) > self._config.max_image_bytes:
-                    raise PayloadTooLargeError(
-                        f"{name} is over the {self._config.max_image_bytes}-byte limit",
-                        code="image_too_large",
-                    )
+                data = await read_upload(upload, self._config.max_image_bytes, name)
                 inspect_image(data, self._config.allowed_formats, self._config.max_image_pixels)
             except ServiceError as error:
                 uploads.append((name, error.as_item_error()))
@@ -598,7 +595,9 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         the model's error for it. Every captioning route shares these cache entries."""
         key = None
         if self._cache is not None:
-            params = self._cache_params(model, caption_prompt, flag_prompt)
+            params = self._result_params(
+                model, caption_prompt=caption_prompt, flag_prompt=flag_prompt
+            )
             key = self._cache.image_key(data, model, params)
             cached = await self._cache.get(key)
             if cached is not None:
@@ -606,9 +605,9 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         handle = self._captioners[model]
         caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
         flag_call = self._flag_call(handle, (data,), flag_prompt)
-        started = time.perf_counter()
-        result, flag = await asyncio.gather(call_model(caption_call), call_model(flag_call))
-        service_metrics().observe_model_latency(model, time.perf_counter() - started)
+        result, flag = await timed_model_call(
+            model, asyncio.gather(call_model(caption_call), call_model(flag_call))
+        )
         error = result.error or flag.error
         if error is not None:
             return error
@@ -628,17 +627,11 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
             cache=cache,
         )
 
-    def _cache_params(
-        self, model: str, caption_prompt: str | None, flag_prompt: str | None
-    ) -> dict:
-        """Everything that changes an answer: the model (name and result-relevant settings)
-        and the prompts."""
-        return {
-            "model": model,
-            "settings": self._fingerprints.get(model, {}),
-            "caption_prompt": caption_prompt,
-            "flag_prompt": flag_prompt,
-        }
+    def _result_params(self, model: str, **inputs: object) -> dict:
+        """What a cache key carries besides the input itself: everything that changes the
+        answer, i.e. the model (name and result-relevant settings) and the request's other
+        inputs (prompts, question, generation settings). Every route's keys come from here."""
+        return {"model": model, "settings": self._fingerprints.get(model, {}), **inputs}
 
     @staticmethod
     def _flag_call(handle: DeploymentHandle, images: tuple[bytes, ...], question: str | None):

@@ -7,20 +7,23 @@ atomic store write; a question is answered first and recorded after.
 """
 
 import base64
-import time
 from datetime import datetime
 
 from fastapi import File, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import api, call_model, form_or_json_body, read_form_or_json
+from deployments.api import (
+    api,
+    form_or_json_body,
+    read_form_or_json,
+    read_upload,
+    timed_model_call,
+)
 from deployments.http_errors import error_responses
-from deployments.service_metrics import service_metrics
 from vlgraph.errors import (
     BadRequestError,
     ItemError,
-    PayloadTooLargeError,
     ServiceError,
 )
 from vlgraph.image_store import HistoryPage, ImageStore, QuestionRecord
@@ -157,13 +160,7 @@ class QuestionRoutes:
     async def _read_upload(self, upload: UploadFile) -> tuple[bytes, ImageInfo]:
         """The upload's bytes and what their header says, checked: size, pixels, and a
         format of ``upload_formats`` (PNG, JPEG) by content."""
-        limit = self._config.max_image_bytes
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLargeError(
-                f"{upload.filename or 'the image'} is over the {limit}-byte limit",
-                code="image_too_large",
-            )
+        data = await read_upload(upload, self._config.max_image_bytes)
         if not data:
             raise BadRequestError("the image file is empty", code="empty_image")
         info = inspect_image(data, self._config.upload_formats, self._config.max_image_pixels)
@@ -190,16 +187,14 @@ class QuestionRoutes:
             )
         key = None
         if self._cache is not None:
-            params = {"model": "vqa", "settings": self._fingerprints.get("vqa", {}), "q": question}
+            params = self._result_params("vqa", q=question)
             key = self._cache.image_key(data, "vqa", params)
             cached = await self._cache.get(key)
             if cached is not None:
                 return cached["answer"], True
-        started = time.perf_counter()
-        result = await call_model(
-            self._vqa.answer.remote(QuestionRequest(image=data, question=question))
+        result = await timed_model_call(
+            "vqa", self._vqa.answer.remote(QuestionRequest(image=data, question=question))
         )
-        service_metrics().observe_model_latency("vqa", time.perf_counter() - started)
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         if key is not None:

@@ -25,10 +25,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.api import read_image_form, validated
+from deployments.api import call_model, read_image_form, validated
 from deployments.blip_caption import BlipCaptionDeployment
 from deployments.diffusion import DiffusionDeployment
-from deployments.http_errors import transient_service_error
 from vlgraph.config import (
     BlipCaptionConfig,
     DiffusionConfig,
@@ -37,7 +36,7 @@ from vlgraph.config import (
     default_sdxl,
     resolve_checkpoint_cache_dir,
 )
-from vlgraph.errors import ItemError, ServiceError
+from vlgraph.errors import ItemError, ServiceError, ServiceUnavailableError
 from vlgraph.generation_params import GenerationSettings, resolve_generation
 from vlgraph.messages import (
     CaptionRequest,
@@ -172,12 +171,9 @@ async def _answered(call: Any, result_type: type) -> Any:
     """The handle call's result; Serve's overload and dead-replica errors become a
     ``result_type`` carrying the 503 error instead of an exception."""
     try:
-        return await call
-    except Exception as error:
-        transient = transient_service_error(error)
-        if transient is None:
-            raise
-        return result_type(error=transient.as_item_error())
+        return await call_model(call)
+    except ServiceUnavailableError as error:
+        return result_type(error=error.as_item_error())
 
 
 def _pipeline_event(event: GenerationEvent, caption: str) -> PipelineEvent:
