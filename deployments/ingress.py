@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from fastapi import File, Query, Response, Security, UploadFile
-from fastapi.responses import PlainTextResponse
+from fastapi import File, Query, Request, Response, Security, UploadFile
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -27,6 +27,7 @@ from deployments.generation_routes import GenerationRoutes
 from deployments.http_errors import error_responses
 from deployments.question_routes import QuestionRoutes
 from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
+from deployments.web_page import mount_static, page_html, prefers_html
 from vlgraph import __version__
 from vlgraph.cache import make_result_cache
 from vlgraph.config import (
@@ -99,6 +100,11 @@ class HealthResponse(BaseModel):
     profile: str
     models: list[str]
     reachable: dict[str, bool] = Field(description="Per model: would a request be served now.")
+    random_weights: bool = Field(
+        False,
+        description="Some models are tiny checkpoints with random weights (the offline "
+        "profile): their captions, answers, images and vectors are random.",
+    )
 
 
 class CaptionResponse(BaseModel):
@@ -246,6 +252,9 @@ def model_health(
     return health
 
 
+mount_static(api)
+
+
 @serve.ingress(api)
 class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
     """Routes requests to the model deployments; owns validation and error mapping. Document
@@ -268,7 +277,9 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         generators: dict[str, DeploymentHandle] | None = None,
         generator_configs: dict[str, DiffusionConfig] | None = None,
         pipeline: DeploymentHandle | None = None,
+        random_weights: bool = False,
     ):
+        self._random_weights = random_weights
         self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
         self._vqa = vqa
@@ -295,9 +306,17 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         self._image_root = config.resolved_image_root()
         self._profile = profile
 
-    @api.get("/", response_model=HealthResponse, summary="Health check (document 000)")
-    async def health(self) -> HealthResponse:
-        """The service is running; whether each model deployment is reachable."""
+    @api.get(
+        "/",
+        response_model=HealthResponse,
+        summary="Health check (document 000); the web page for browsers (document 001)",
+        responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+    )
+    async def health(self, request: Request) -> HealthResponse | HTMLResponse:
+        """The service is running; whether each model deployment is reachable. A client whose
+        ``Accept`` ranks ``text/html`` above JSON (a browser) gets the web page instead."""
+        if prefers_html(request.headers.get("accept")):
+            return HTMLResponse(page_html())
         models = await asyncio.to_thread(self._model_health)
         reachable = {name: model.reachable for name, model in models.items()}
         return HealthResponse(
@@ -305,6 +324,7 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
             profile=self._profile,
             models=sorted(self._deployment_of),
             reachable=reachable,
+            random_weights=self._random_weights,
         )
 
     @api.get(

@@ -103,4 +103,5 @@ def build_app(args: AppConfig) -> Application:
         generators=generators,
         generator_configs=generator_configs,
         pipeline=pipeline,
+        random_weights=bool(config.random_weight_models()),
     )

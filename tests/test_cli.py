@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-import re
-import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -20,57 +16,11 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, free_port, release_ray, wait_until_healthy
+from tests.serve_process import ServeRun
 
 pytestmark = pytest.mark.cli
 
 OFFLINE_URL = "http://127.0.0.1:8000"
-
-
-class ServeRun:
-    """A ``serve run`` process (or ``command``) whose output is collected as it arrives."""
-
-    def __init__(
-        self, config: Path | str, env: dict[str, str], command: tuple[str, ...] = ("serve", "run")
-    ):
-        self.output = ""
-        self._process = subprocess.Popen(
-            [*command, str(config)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self.output += line
-
-    def wait_for_output(self, pattern: str, timeout_s: float) -> float:
-        """Seconds until ``pattern`` appeared in the output; fails after ``timeout_s``."""
-        started = time.monotonic()
-        while not re.search(pattern, self.output):
-            if time.monotonic() - started > timeout_s:
-                raise AssertionError(
-                    f"{pattern!r} not seen in {timeout_s} s:\n{self.output[-3000:]}"
-                )
-            time.sleep(0.2)
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        """Ctrl-C, as a user would; then make sure nothing is left running."""
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGINT)
-            try:
-                self._process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.fixture

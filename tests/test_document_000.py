@@ -35,7 +35,20 @@ def test_health_check_answers_json(app: RunningApp) -> None:
     served = ["blip", "blip2", "gemma", "intern_vlm", "vqa", "clip_image", "clip_text"]
     assert body["models"] == sorted([*served, "sd", "sdxl", "similar_image"])
     assert body["reachable"] == dict.fromkeys(body["models"], True)
+    assert body["random_weights"] is True  # every test model is a tiny checkpoint
     assert response.headers["x-request-id"]
+
+
+def test_browsers_get_the_web_page_at_the_same_url(app: RunningApp) -> None:
+    """Document 001's test page lives at ``/`` too: a browser's Accept gets it, its assets
+    come from the app; API clients keep the JSON above."""
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    with app.client() as client:
+        page = client.get("/", headers={"Accept": browser})
+        script = client.get("/static/app.js")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>vlgraph</title>" in page.text and "static/app.js" in page.text
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
 
 
 def test_caption_response_has_document_fields(app: RunningApp) -> None:

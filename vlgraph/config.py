@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
+#: Sources of this form name a tiny random checkpoint the project writes itself.
+TINY_PREFIX = "tiny:"
+
 DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
 
 
@@ -583,6 +586,15 @@ class AppConfig(StrictModel):
             if model is not None:
                 served[name] = model
         return served
+
+    def random_weight_models(self) -> list[str]:
+        """Served models that are tiny checkpoints with random weights (``tiny:`` sources):
+        what they answer is noise, and the web page says so."""
+        return [
+            name
+            for name, model in self.served_models().items()
+            if model.source.startswith(TINY_PREFIX)
+        ]
 
     def resolved_cache_dir(self) -> Path:
         """The absolute checkpoint cache folder."""

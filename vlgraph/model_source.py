@@ -15,10 +15,9 @@ import fnmatch
 import os
 from pathlib import Path
 
+from vlgraph.config import TINY_PREFIX
 from vlgraph.errors import ModelUnavailableError
 from vlgraph.tiny_checkpoints import ensure_checkpoint, families
-
-TINY_PREFIX = "tiny:"
 
 #: Seconds to wait for the Hub before declaring it unreachable at start-up.
 HUB_PROBE_TIMEOUT_S = 5.0
