@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 from typing import TypeVar
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.http_errors import install_error_handlers, transient_service_error
 from deployments.service_metrics import service_metrics
@@ -32,15 +34,40 @@ api = FastAPI(
 install_error_handlers(api)
 
 
-@api.middleware("http")
-async def _count_requests(request: Request, call_next):
-    """Count every answered request by route template, model and status (outermost, so it
-    sees the final status of errors too)."""
-    response = await call_next(request)
-    route = getattr(request.scope.get("route"), "path", "unmatched")
-    model = request.query_params.get("model", "") if route.startswith("/api/caption") else ""
-    service_metrics().count_request(route, model, response.status_code)
-    return response
+class RequestCounter:
+    """Counts every answered request by route template, model and status. A plain ASGI
+    middleware, outermost, so it sees the final status of errors too; Starlette's
+    ``BaseHTTPMiddleware`` (``@app.middleware``) would cost every request an extra task and
+    a wrapped body stream."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            # The router writes the matched route into this same scope.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            model = ""
+            if route.startswith("/api/caption"):
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                model = query.get("model", [""])[0]
+            service_metrics().count_request(route, model, status)
+
+
+api.add_middleware(RequestCounter)
 
 
 async def call_model(call):

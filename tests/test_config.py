@@ -201,10 +201,11 @@ def test_the_store_may_not_share_the_cache_namespace() -> None:
 
 
 def test_the_gpu_profile_packs_onto_one_gpu() -> None:
-    """Every model's minimum replicas fit one GPU: fractions sum to at most 1."""
+    """Every model's minimum replicas fit one GPU, and so does one replica of every model
+    (what bench/gpu_figures.py serves): fractions sum to at most 1."""
     document = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     config = AppConfig.model_validate(document["applications"][0]["args"])
-    total = 0.0
+    total = one_of_each = 0.0
     for model in config.served_models().values():
         options = model.deployment
         replicas = (
@@ -214,7 +215,9 @@ def test_the_gpu_profile_packs_onto_one_gpu() -> None:
         )
         assert options.ray_actor_options.num_gpus > 0, "every model runs on the GPU"
         total += replicas * options.ray_actor_options.num_gpus
+        one_of_each += options.ray_actor_options.num_gpus
     assert total <= 1.0
+    assert one_of_each <= 1.0
 
 
 def test_the_offline_profile_fits_two_cores() -> None:

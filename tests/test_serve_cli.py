@@ -3,7 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from vlgraph.serve_cli import ListenAddress, apply_listen_address
+from tests.conftest import REPO_ROOT
+from vlgraph.serve_cli import ListenAddress, ServeMode, apply_listen_address
 
 PROFILE = {"http_options": {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 60}}
 
@@ -29,3 +30,20 @@ def test_a_profile_without_http_options_gets_them() -> None:
 def test_bad_ports_are_refused(port: str) -> None:
     with pytest.raises(ValidationError, match="port"):
         ListenAddress.from_environment({"PORT": port})
+
+
+def test_serve_mode_defaults_to_classic_and_throughput_sets_rays_variables() -> None:
+    assert ServeMode.from_environment({}).environment() == {}
+    assert ServeMode.from_environment({"VLGRAPH_SERVE_MODE": ""}).mode == "classic"
+    throughput = ServeMode.from_environment({"VLGRAPH_SERVE_MODE": "throughput"})
+    assert throughput.environment() == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    }
+    with pytest.raises(ValidationError, match="classic"):
+        ServeMode.from_environment({"VLGRAPH_SERVE_MODE": "fast"})
+
+
+def test_the_docker_image_runs_the_throughput_mode() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile.gpu").read_text()
+    assert "ENV VLGRAPH_SERVE_MODE=throughput" in dockerfile

@@ -1,5 +1,6 @@
 """The web page (issue 8), clicked through in headless Chromium against a real
-``vlgraph-serve configs/offline.yaml`` (the README's run command with ``PORT``).
+``vlgraph-serve configs/offline.yaml`` (the README's run command with ``PORT``), in the
+throughput mode the Docker image runs (Serve's HAProxy ingress).
 
 Chromium and its driver come from Debian's packages (``chromium``, ``chromium-driver``;
 the README's install line adds them), driven by Selenium with both paths given, so nothing is
@@ -50,6 +51,8 @@ def page_url(checkpoint_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
         VLGRAPH_CACHE_DIR=str(checkpoint_cache),
         VLGRAPH_DATA_DIR=str(tmp_path_factory.mktemp("page-data")),
         PORT=str(port),
+        # The Docker image's mode: HAProxy straight to the ingress replica (SSE included).
+        VLGRAPH_SERVE_MODE="throughput",
     )
     server = ServeRun("configs/offline.yaml", env, ("vlgraph-serve",))
     url = f"http://127.0.0.1:{port}"
@@ -439,13 +442,7 @@ def test_generation_flow_shows_live_progress(page: Any) -> None:
         """
     )
     find(page, "#generate-submit").click()
-    wait_for(
-        page,
-        lambda: (find(page, "#generate-image").get_attribute("src") or "").startswith(
-            "data:image/png"
-        ),
-        "the generated image",
-    )
+    wait_for_png(page, "#generate-image")
     wait_for(page, lambda: find(page, "#generate-submit").is_enabled(), "the button back")
     seen = page.execute_script("return window.progressSeen")
     before_image = [s["value"] for s in seen if not s["imageShown"] and s["max"] == 12]
@@ -474,17 +471,7 @@ def test_generation_flow_shows_live_progress(page: Any) -> None:
 
 def test_similar_image_flow(page: Any, page_url: str, tmp_path: Path) -> None:
     """The original, its BLIP caption and the image generated from it, side by side."""
-    open_tab(page, "similar")
-    choose_files(page, "#similar-file", EXAMPLES / "example.jpg")
-    fill(page, "#similar-steps", "4")
-    find(page, "#similar-submit").click()
-    wait_for(
-        page,
-        lambda: (find(page, "#similar-generated").get_attribute("src") or "").startswith(
-            "data:image/png"
-        ),
-        "the similar image",
-    )
+    make_similar_image(page, steps=4)
     expected = httpx.post(
         f"{page_url}/api/similar-image",
         files={"image": ("example.jpg", (EXAMPLES / "example.jpg").read_bytes())},
@@ -505,6 +492,24 @@ def test_similar_image_flow(page: Any, page_url: str, tmp_path: Path) -> None:
     )
     assert api_error(refusal) in shown_error(page, "#similar-error")
     screenshot(page, "similar-bad-file")
+
+
+def make_similar_image(driver: Any, steps: int) -> None:
+    """Run the similar-image flow on the example photo until the generated image shows."""
+    open_tab(driver, "similar")
+    choose_files(driver, "#similar-file", EXAMPLES / "example.jpg")
+    fill(driver, "#similar-steps", str(steps))
+    find(driver, "#similar-submit").click()
+    wait_for_png(driver, "#similar-generated")
+
+
+def wait_for_png(driver: Any, css: str) -> None:
+    """Wait until the ``<img>`` at ``css`` shows a PNG that the API sent as base64."""
+    wait_for(
+        driver,
+        lambda: (find(driver, css).get_attribute("src") or "").startswith("data:image/png"),
+        f"an image in {css}",
+    )
 
 
 def columns(driver: Any, css: str) -> tuple[list[float], list[float]]:
@@ -582,17 +587,7 @@ def test_every_panel_fits_a_phone_screen(page: Any) -> None:
             right = page.execute_script("return arguments[0].getBoundingClientRect().right", button)
             assert right <= PHONE_WIDTH, (tab, right)
             screenshot(page, f"phone-{tab}")
-        open_tab(page, "similar")
-        choose_files(page, "#similar-file", EXAMPLES / "example.jpg")
-        fill(page, "#similar-steps", "2")
-        find(page, "#similar-submit").click()
-        wait_for(
-            page,
-            lambda: (find(page, "#similar-generated").get_attribute("src") or "").startswith(
-                "data:image/png"
-            ),
-            "the similar image",
-        )
+        make_similar_image(page, steps=2)
         tops, _ = columns(page, "#similar-panel .side-by-side")
         assert tops[0] < tops[1] < tops[2], tops
         assert page.execute_script("return document.documentElement.scrollWidth") <= PHONE_WIDTH

@@ -1,0 +1,227 @@
+"""The naive baseline: one FastAPI process that loads the model and runs it inside each
+request handler, one request at a time, no batching, as documents 000 and 001 serve.
+
+    python bench/naive_server.py PATH CHECKPOINT [CHECKPOINT ...] --port 8123 [--threads 2]
+
+It answers the same route and body as the served app for ``PATH`` (see ``bench/paths.py``), so
+the benchmark drives both with the same requests; ``GET /ready`` answers once loaded. One
+checkpoint per model of the path, in the order of its ``checkpoints``; the models run with
+the settings the served app gives them (generation lengths, guidance, safety checker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from fastapi import FastAPI, File, Form, UploadFile
+from PIL import Image
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.paths import (
+    PATHS,
+    ImageQuestion,
+    blip_caption_call,
+    blip_vqa_call,
+    caption_prompt,
+    diffusion_call,
+    served_model,
+    vlm_caption_call,
+)
+
+#: A route builder: adds its routes to the app, with the model loaded from the checkpoints
+#: (one per model of the path, in its order).
+Builder = Callable[..., None]
+#: Builders by path name.
+NAIVE_ROUTES: dict[str, Builder] = {}
+
+
+def naive_route(name: str) -> Callable[[Builder], Builder]:
+    def register(builder: Builder) -> Builder:
+        NAIVE_ROUTES[name] = builder
+        return builder
+
+    return register
+
+
+def _rgb(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+@naive_route("clip_image")
+def clip_image(app: FastAPI, checkpoint: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(checkpoint), device="cpu")
+
+    @app.post("/encode_image")
+    async def encode_image(body: dict) -> dict:
+        image = _rgb(base64.b64decode(body["image_b64"]))
+        return {"embedding": model.encode([image], show_progress_bar=False)[0].tolist()}
+
+
+@naive_route("clip_text")
+def clip_text(app: FastAPI, checkpoint: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(checkpoint), device="cpu")
+
+    @app.post("/encode_text")
+    async def encode_text(body: dict) -> dict:
+        return {"embedding": model.encode([body["text"]], show_progress_bar=False)[0].tolist()}
+
+
+def blip_captioner(checkpoint: Path) -> Callable[[bytes], str]:
+    """BLIP's processor and ``generate`` on one image (document 000's handler)."""
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    processor = BlipProcessor.from_pretrained(checkpoint)
+    model = BlipForConditionalGeneration.from_pretrained(checkpoint).eval()
+
+    def caption(data: bytes) -> str:
+        with torch.inference_mode():
+            output = model.generate(**processor(images=_rgb(data), return_tensors="pt"))
+        return processor.decode(output[0], skip_special_tokens=True)
+
+    return caption
+
+
+@naive_route("cache_hit")
+def cached_captions(app: FastAPI, checkpoint: Path) -> None:
+    """Document 001's handler: key by the image's sha256, the model only on a miss."""
+    caption = blip_captioner(checkpoint)
+    cache: dict[str, str] = {}
+
+    @app.post("/api/caption-images")
+    async def caption_images(images: Annotated[list[UploadFile], File()]) -> dict:
+        results = []
+        for upload in images:
+            data = await upload.read()
+            key = hashlib.sha256(data).hexdigest()
+            hit = key in cache
+            if not hit:
+                cache[key] = caption(data)
+            results.append({"filename": upload.filename, "caption": cache[key], "cache": hit})
+        return {"results": results}
+
+
+def caption_images_route(app: FastAPI, caption: Callable[[list[bytes]], list[str]]) -> None:
+    """``POST /api/caption-images``: each upload captioned in turn, no cache (``model`` is
+    the one this server loaded)."""
+
+    @app.post("/api/caption-images")
+    async def caption_images(images: Annotated[list[UploadFile], File()]) -> dict:
+        results = []
+        for upload in images:
+            results.append(
+                {"filename": upload.filename, "caption": caption([await upload.read()])[0]}
+            )
+        return {"results": results}
+
+
+@naive_route("blip_caption")
+def blip_captions(app: FastAPI, checkpoint: Path) -> None:
+    """Documents 000 and 001's handler: BLIP on every upload as it comes."""
+    settings = served_model("blip_caption", "models.blip", {"models.blip": checkpoint})
+    caption_images_route(app, blip_caption_call(settings))
+
+
+@naive_route("vlm")
+def vlm_captions(app: FastAPI, checkpoint: Path) -> None:
+    """Document 001's VLM captions, one image at a time."""
+    settings = served_model("vlm", "models.intern_vlm", {"models.intern_vlm": checkpoint})
+    caption_images_route(app, vlm_caption_call(settings))
+
+
+@naive_route("blip_vqa")
+def blip_vqa(app: FastAPI, checkpoint: Path) -> None:
+    """Document 002's two routes: ``/upload`` keeps the bytes under a new id (no caption),
+    ``/question`` runs BLIP VQA on the stored image."""
+    answer = blip_vqa_call(served_model("blip_vqa", "vqa", {"vqa": checkpoint}))
+    uploads: dict[str, bytes] = {}
+
+    @app.post("/upload")
+    async def upload(image: Annotated[UploadFile, File()]) -> dict:
+        image_id = uuid.uuid4().hex
+        uploads[image_id] = await image.read()
+        return {"image_id": image_id}
+
+    @app.post("/question")
+    async def question(body: dict) -> dict:
+        item = ImageQuestion(uploads[body["image_id"]], body["question"])
+        return {**body, "answer": answer([item])[0]}
+
+
+@naive_route("diffusion")
+def diffusion(app: FastAPI, checkpoint: Path) -> None:
+    """Document 002's ``POST /generate``: the pipeline on each request, a base64 PNG back."""
+    generate = diffusion_call(served_model("diffusion", "sd", {"sd": checkpoint}))
+
+    @app.post("/generate")
+    async def generate_image(body: dict) -> dict:
+        (png,) = generate(
+            [body["description"]],
+            [body["seed"]],
+            body["width"],
+            body["height"],
+            body["num_inference_steps"],
+        )
+        return {"image": base64.b64encode(png).decode(), "seed": body["seed"]}
+
+
+@naive_route("pipeline")
+def similar_image(app: FastAPI, blip_checkpoint: Path, sd_checkpoint: Path) -> None:
+    """Document 004's app: caption the upload, then generate from the caption, in one handler."""
+    checkpoints = {"models.blip": blip_checkpoint, "sd": sd_checkpoint}
+    caption = blip_caption_call(served_model("pipeline", "models.blip", checkpoints))
+    generate = diffusion_call(served_model("pipeline", "sd", checkpoints))
+
+    @app.post("/api/similar-image")
+    async def similar(
+        image: Annotated[UploadFile, File()],
+        width: Annotated[int, Form()],
+        height: Annotated[int, Form()],
+        num_inference_steps: Annotated[int, Form()],
+        seed: Annotated[int, Form()],
+    ) -> dict:
+        text = caption([await image.read()])[0]
+        (png,) = generate([caption_prompt(text)], [seed], width, height, num_inference_steps)
+        return {"caption": text, "generated": {"image": base64.b64encode(png).decode()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", choices=sorted(NAIVE_ROUTES))
+    parser.add_argument("checkpoints", type=Path, nargs="+", help="one per model of the path")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    app = FastAPI()
+    if len(args.checkpoints) != len(PATHS[args.path].checkpoints):
+        parser.error(f"{args.path} takes {len(PATHS[args.path].checkpoints)} checkpoints")
+    NAIVE_ROUTES[args.path](app, *args.checkpoints)
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        return {"ready": True}
+
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

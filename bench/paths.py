@@ -1,0 +1,676 @@
+"""The model paths the benchmarks measure, one :class:`BenchPath` each.
+
+A path names its checkpoint family, the profile block its served app copies (from
+``configs/local.yaml``, the CPU profile, so the figures measure the defaults users get), its
+inputs, the HTTP request that carries one input (the same for the served app and the naive
+server), and its raw in-process batched model call. Where the profile's defaults would make
+the three do different work, its ``overrides`` fix it (fixed-length generation, a replica up
+before timing), and the raw model and the naive server copy the served settings
+(:func:`served_model`). Stateful routes get their ids from a ``prepare`` step (uploads), and
+a path with a target of its own measures it in ``extra`` (the pipeline against its stages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+from PIL import Image
+
+from bench.harness import REPO_ROOT, Request
+
+PROFILE = REPO_ROOT / "configs" / "local.yaml"
+
+
+@dataclass(frozen=True)
+class BenchInputs:
+    """What a path's requests and raw call draw from, in request order (cycled)."""
+
+    items: list[Any]
+    folder: Path
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    """One model path: how to serve it, load it, and call the raw model."""
+
+    name: str
+    #: Checkpoint families to build (``vlgraph.tiny_checkpoints``), by the profile key they
+    #: replace the source of (``models.blip``, ``clip_image``, ...).
+    checkpoints: dict[str, str]
+    #: Make ``count`` inputs under ``folder``.
+    make_inputs: Callable[[int, Path], list[Any]]
+    #: The request that carries input ``index``.
+    request: Callable[[BenchInputs, int], Request]
+    #: Raw in-process throughput: (checkpoints, inputs, batch) -> {"items_per_s", ...}.
+    raw: Callable[[dict[str, Path], BenchInputs, int], dict[str, Any]] | None
+    #: The profile block whose ``batching.max_batch_size`` is the raw batch.
+    batch_from: str
+    #: Result cache of the served app: "none" (every request reaches the model) or "memory".
+    cache: str = "none"
+    #: Concurrency levels when none are given (slow paths stop earlier).
+    default_levels: tuple[int, ...] = (1, 4, 16, 64)
+    #: Requests per level: ``max(minimum, factor x concurrency)``.
+    requests_factor: int = 4
+    requests_minimum: int = 16
+    #: Settings merged into the kept profile blocks, by profile key (nested dicts key by key;
+    #: ``None`` replaces): fixed-length generation, one replica up before timing.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Before a sweep: (base URL, inputs) -> the inputs its requests carry (uploaded ids).
+    prepare: Callable[[str, BenchInputs], BenchInputs] | None = None
+    #: After the served sweep: (served URL, inputs) -> figures kept under ``report["extra"]``.
+    extra: Callable[[str, BenchInputs], dict[str, Any]] | None = None
+
+
+# ---- fixed work: the raw model, the naive server and the served app do the same
+
+#: Fixed-length outputs: random weights stop at random lengths, the min equal to the max
+#: makes every row of every call generate exactly this many tokens.
+BLIP_CAPTION_TOKENS = {"max_new_tokens": 20, "min_new_tokens": 20}
+VQA_TOKENS = {"max_new_tokens": 10, "min_new_tokens": 10}
+VLM_TOKENS = {"max_new_tokens": 16, "min_new_tokens": 16}
+#: One replica from the start instead of autoscaling from zero: it is up before timing.
+ONE_REPLICA = {"deployment": {"num_replicas": 1, "autoscaling_config": None}}
+#: Every generated image: side in pixels and denoising steps.
+IMAGE_SIDE = 256
+IMAGE_STEPS = 10
+#: One question for every image: one token length, so every batch is one group.
+QUESTION = "what is in the picture?"
+#: The pipeline's stages are timed on this many images (at concurrency 1).
+STAGE_SAMPLES = 4
+#: The issue's target: pipeline latency at most this times the sum of its stages alone.
+PIPELINE_TARGET = 1.05
+
+
+@dataclass(frozen=True)
+class ImageQuestion:
+    """A question about an image; ``image_id`` once the image is uploaded to a server."""
+
+    image: bytes
+    question: str
+    image_id: str | None = None
+
+
+# ---- inputs
+
+
+def photo_jpegs(count: int, folder: Path) -> list[bytes]:
+    """``count`` distinct 640x480 JPEGs of noise (photo-sized, decoded as photos are)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for index in range(count):
+        pixels = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        (folder / f"bench{index}.jpg").write_bytes(buffer.getvalue())
+        images.append(buffer.getvalue())
+    return images
+
+
+SENTENCES = [
+    "a dog running on the beach at sunset",
+    "un chat qui dort sur un canapé rouge",
+    "ein Fahrrad lehnt an einer alten Mauer",
+    "a bowl of ramen with an egg and green onions",
+    "una ciudad iluminada de noche vista desde un avión",
+    "two children flying a kite in a green park",
+    "a lighthouse on a rocky coast under a stormy sky",
+    "東京の夜の交差点を歩く人々",
+]
+
+
+def sentences(count: int, folder: Path) -> list[str]:
+    """``count`` distinct sentences in several languages (the text encoder is multilingual)."""
+    return [f"{SENTENCES[index % len(SENTENCES)]} ({index})" for index in range(count)]
+
+
+def image_questions(count: int, folder: Path) -> list[ImageQuestion]:
+    """``count`` photo-sized JPEGs, each with the same question."""
+    return [ImageQuestion(data, QUESTION) for data in photo_jpegs(count, folder)]
+
+
+# ---- raw in-process models
+
+
+def _timed_batches(items: list[Any], batch: int, call: Callable[[list[Any]], Any]) -> dict:
+    """Warm up with one full batch, then time ``call`` over every batch of ``items``."""
+    call(items[:batch])
+    started = time.perf_counter()
+    for start in range(0, len(items), batch):
+        call(items[start : start + batch])
+    elapsed = time.perf_counter() - started
+    return {
+        "items": len(items),
+        "batch": batch,
+        "seconds": elapsed,
+        "items_per_s": len(items) / elapsed,
+    }
+
+
+def raw_clip_image(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """Decode the JPEGs and encode them with sentence-transformers, in batches."""
+    from sentence_transformers import SentenceTransformer
+
+    from vlgraph.images import decode_image
+
+    model = SentenceTransformer(str(checkpoints["clip_image"]), device="cpu")
+
+    def encode(jpegs: list[bytes]) -> Any:
+        images = [decode_image(data) for data in jpegs]
+        return model.encode(images, batch_size=len(images), show_progress_bar=False)
+
+    return _timed_batches(inputs.items, batch, encode)
+
+
+def raw_clip_text(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """Encode the sentences with sentence-transformers, in batches."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(checkpoints["clip_text"]), device="cpu")
+    return _timed_batches(
+        inputs.items,
+        batch,
+        lambda texts: model.encode(texts, batch_size=len(texts), show_progress_bar=False),
+    )
+
+
+def raw_cache_lookup(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """The cache's own cost: key (sha256 of the image) and a hit in the in-process backend."""
+    from vlgraph.cache import make_result_cache
+    from vlgraph.config import CacheConfig
+
+    cache = make_result_cache(CacheConfig(backend="memory"))
+    assert cache is not None
+    keys = [cache.image_key(data, "blip", {}) for data in inputs.items]
+    for key in keys:
+        asyncio.run(cache.put(key, {"caption": "cached", "flagged": False}))
+
+    async def lookups(jpegs: list[bytes]) -> None:
+        for data in jpegs:
+            assert await cache.get(cache.image_key(data, "blip", {})) is not None
+
+    return _timed_batches(inputs.items, batch, lambda jpegs: asyncio.run(lookups(jpegs)))
+
+
+def raw_blip_caption(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """Decode the JPEGs and caption them with BLIP's ``generate`` as served, in batches."""
+    caption = blip_caption_call(served_model("blip_caption", "models.blip", checkpoints))
+    return _timed_batches(inputs.items, batch, caption)
+
+
+def raw_blip_vqa(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """Decode the JPEGs and answer their questions with BLIP VQA as served, in batches."""
+    answer = blip_vqa_call(served_model("blip_vqa", "vqa", checkpoints))
+    return _timed_batches(inputs.items, batch, answer)
+
+
+def raw_vlm(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """Decode the JPEGs and caption them with InternVL's family prompt as served, in batches."""
+    caption = vlm_caption_call(served_model("vlm", "models.intern_vlm", checkpoints))
+    return _timed_batches(inputs.items, batch, caption)
+
+
+def raw_diffusion(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
+    """Generate an image per description (seed: its index) as served, in batches, PNGs out."""
+    generate = diffusion_call(served_model("diffusion", "sd", checkpoints))
+    seeded = list(enumerate(inputs.items))
+
+    def run(rows: list[tuple[int, str]]) -> list[bytes]:
+        seeds, prompts = zip(*rows, strict=True)
+        return generate(list(prompts), list(seeds), IMAGE_SIDE, IMAGE_SIDE, IMAGE_STEPS)
+
+    return _timed_batches(seeded, batch, run)
+
+
+# ---- model calls as the replicas make them (raw: a batch per call; naive: one item)
+
+
+def served_model(path_name: str, key: str, checkpoints: dict[str, Path]) -> Any:
+    """The validated settings the benchmark's served app gives model ``key`` on path
+    ``path_name`` (profile block, the path's overrides, its checkpoint): what the raw model
+    and the naive server copy, so that all three do the same work."""
+    config = bench_app_config(PATHS[path_name], checkpoints, Path("bench-unused"))
+    return model_config(config, key)
+
+
+def _torch_dtype(settings: Any) -> Any:
+    import torch
+
+    from vlgraph.torch_runtime import select_dtype
+
+    return select_dtype(settings, torch.device("cpu"))
+
+
+def blip_caption_call(settings: Any) -> Callable[[list[bytes]], list[str]]:
+    """BLIP captioning (``deployments/blip_caption.py``): decode, processor, ``generate``
+    with the served generation settings; one call captions a list of JPEGs together."""
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from vlgraph.images import decode_image
+
+    dtype = _torch_dtype(settings)
+    processor = BlipProcessor.from_pretrained(settings.source)
+    model = BlipForConditionalGeneration.from_pretrained(settings.source, dtype=dtype).eval()
+    kwargs = settings.generation.generate_kwargs()
+
+    def caption(jpegs: list[bytes]) -> list[str]:
+        batch = processor(images=[decode_image(data) for data in jpegs], return_tensors="pt")
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        with torch.inference_mode():
+            output = model.generate(**batch, **kwargs)
+        return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+
+    return caption
+
+
+def blip_vqa_call(settings: Any) -> Callable[[list[ImageQuestion]], list[str]]:
+    """BLIP question answering (``deployments/blip_vqa.py``): decode, processor with the
+    questions padded, ``generate`` with the served settings; one call answers a list."""
+    import torch
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    from vlgraph.images import decode_image
+
+    dtype = _torch_dtype(settings)
+    processor = BlipProcessor.from_pretrained(settings.source)
+    model = BlipForQuestionAnswering.from_pretrained(settings.source, dtype=dtype).eval()
+    kwargs = settings.generation.generate_kwargs()
+
+    def answer(items: list[ImageQuestion]) -> list[str]:
+        batch = processor(
+            images=[decode_image(item.image) for item in items],
+            text=[item.question for item in items],
+            padding=True,
+            return_tensors="pt",
+        )
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        with torch.inference_mode():
+            output = model.generate(**batch, **kwargs)
+        return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+
+    return answer
+
+
+def vlm_caption_call(settings: Any) -> Callable[[list[bytes]], list[str]]:
+    """A vision-language captioner (``deployments/vlm_caption.py``): the family's loader,
+    prompt (the profile's caption instruction) and decoding; one call captions a list."""
+    import torch
+
+    from vlgraph.images import decode_image
+    from vlgraph.vlm_families import FAMILIES
+
+    family = FAMILIES[settings.family]
+    dtype = _torch_dtype(settings)
+    processor, model = family.load(Path(settings.source), dtype, torch.device("cpu"))
+    kwargs = settings.generation.generate_kwargs()
+
+    def caption(jpegs: list[bytes]) -> list[str]:
+        images = [[decode_image(data)] for data in jpegs]
+        batch = family.inputs(processor, images, [settings.caption_instruction] * len(images))
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        with torch.inference_mode():
+            output = model.generate(**batch, **kwargs)
+        return family.decode(processor, output, batch)
+
+    return caption
+
+
+DiffusionCall = Callable[[list[str], list[int], int, int, int], list[bytes]]
+
+
+def diffusion_call(settings: Any) -> DiffusionCall:
+    """Stable Diffusion (``deployments/diffusion.py``): the pipeline loaded as the replica
+    loads it (safety checker as configured), called on (prompts, seeds, width, height, steps)
+    with the configured guidance and a generator per seed; PNG bytes out."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    extra: dict[str, Any] = {}
+    if not settings.safety_checker:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    pipe = StableDiffusionPipeline.from_pretrained(
+        settings.source, dtype=_torch_dtype(settings), **extra
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(
+        prompts: list[str], seeds: list[int], width: int, height: int, steps: int
+    ) -> list[bytes]:
+        output = pipe(
+            prompt=prompts,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=settings.guidance_scale,
+            generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
+            output_type="pil",
+        )
+        return [_png(image) for image in output.images]
+
+    return generate
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---- requests
+
+
+def encode_image_request(inputs: BenchInputs, index: int) -> Request:
+    data = inputs.items[index % len(inputs.items)]
+    body = {"image_b64": base64.b64encode(data).decode()}
+    return Request("POST", "/encode_image", {"json": body})
+
+
+def encode_text_request(inputs: BenchInputs, index: int) -> Request:
+    body = {"text": inputs.items[index % len(inputs.items)]}
+    return Request("POST", "/encode_text", {"json": body})
+
+
+def caption_upload_request(inputs: BenchInputs, index: int, model: str = "blip") -> Request:
+    data = inputs.items[index % len(inputs.items)]
+    return Request(
+        "POST",
+        "/api/caption-images",
+        {"params": {"model": model}, "files": [("images", (f"{index}.jpg", data, "image/jpeg"))]},
+    )
+
+
+def vlm_caption_request(inputs: BenchInputs, index: int) -> Request:
+    return caption_upload_request(inputs, index, "intern_vlm")
+
+
+def upload_images(url: str, inputs: BenchInputs) -> BenchInputs:
+    """``POST /upload`` each image once (document 002): the inputs with their ``image_id``."""
+    uploaded = []
+    with httpx.Client(base_url=url, timeout=1800) as client:
+        for index, item in enumerate(inputs.items):
+            files = {"image": (f"{index}.jpg", item.image, "image/jpeg")}
+            answer = client.post("/upload", files=files).raise_for_status().json()
+            uploaded.append(dataclasses.replace(item, image_id=answer["image_id"]))
+    return BenchInputs(uploaded, inputs.folder)
+
+
+def question_request(inputs: BenchInputs, index: int) -> Request:
+    item = inputs.items[index % len(inputs.items)]
+    return Request(
+        "POST", "/question", {"json": {"image_id": item.image_id, "question": item.question}}
+    )
+
+
+def generation_fields(seed: int) -> dict[str, Any]:
+    """The generation settings every diffusion request sends (the model's defaults else)."""
+    return {
+        "model": "sd",
+        "width": IMAGE_SIDE,
+        "height": IMAGE_SIDE,
+        "num_inference_steps": IMAGE_STEPS,
+        "seed": seed,
+    }
+
+
+def generate_request(inputs: BenchInputs, index: int) -> Request:
+    description = inputs.items[index % len(inputs.items)]
+    return Request(
+        "POST", "/generate", {"json": {"description": description, **generation_fields(index)}}
+    )
+
+
+def similar_image_request(inputs: BenchInputs, index: int) -> Request:
+    data = inputs.items[index % len(inputs.items)]
+    fields = {key: str(value) for key, value in generation_fields(index).items()}
+    return Request(
+        "POST",
+        "/api/similar-image",
+        {"data": fields, "files": [("image", (f"{index}.jpg", data, "image/jpeg"))]},
+    )
+
+
+def caption_prompt(caption: str) -> str:
+    """The prompt the pipeline makes of a caption (``graphs/similar_image.py``)."""
+    from vlgraph.config import IngressConfig
+
+    return caption.strip()[: IngressConfig().max_prompt_chars] or "an image"
+
+
+def pipeline_stages(url: str, inputs: BenchInputs) -> dict[str, Any]:
+    """The pipeline's target: its latency at most 1.05 x the sum of its two stages alone.
+
+    On the same served app, at concurrency 1, for each of the first images in turn: the
+    caption alone (``POST /api/caption-images?model=blip``), the generation alone from that
+    caption (``POST /generate``, same size, steps and seed), then the whole pipeline
+    (``POST /api/similar-image``); the p50 of each."""
+    timings: dict[str, list[float]] = {"caption": [], "generate": [], "pipeline": []}
+    with httpx.Client(base_url=url, timeout=1800) as client:
+        for index in range(min(STAGE_SAMPLES, len(inputs.items))):
+            answer = _timed(client, caption_upload_request(inputs, index), timings["caption"])
+            body = {"description": caption_prompt(answer["results"][0]["caption"])}
+            generation = Request(
+                "POST", "/generate", {"json": {**body, **generation_fields(index)}}
+            )
+            _timed(client, generation, timings["generate"])
+            _timed(client, similar_image_request(inputs, index), timings["pipeline"])
+    p50 = {stage: statistics.median(seconds) for stage, seconds in timings.items()}
+    stages_sum = p50["caption"] + p50["generate"]
+    return {
+        "stages": {
+            "concurrency": 1,
+            "samples": len(timings["pipeline"]),
+            "caption_p50_s": round(p50["caption"], 4),
+            "generate_p50_s": round(p50["generate"], 4),
+            "stages_sum_p50_s": round(stages_sum, 4),
+            "pipeline_p50_s": round(p50["pipeline"], 4),
+            "pipeline_over_sum": round(p50["pipeline"] / stages_sum, 3),
+            "target": PIPELINE_TARGET,
+            "met": p50["pipeline"] <= PIPELINE_TARGET * stages_sum,
+        }
+    }
+
+
+def _timed(client: httpx.Client, request: Request, seconds: list[float]) -> Any:
+    """Send ``request``, append its latency to ``seconds``; the JSON answer (2xx only)."""
+    started = time.perf_counter()
+    response = client.request(request.method, request.path, **request.options)
+    seconds.append(time.perf_counter() - started)
+    return response.raise_for_status().json()
+
+
+PATHS: dict[str, BenchPath] = {
+    path.name: path
+    for path in (
+        BenchPath(
+            name="clip_image",
+            checkpoints={"clip_image": "clip"},
+            make_inputs=photo_jpegs,
+            request=encode_image_request,
+            raw=raw_clip_image,
+            batch_from="clip_image",
+        ),
+        BenchPath(
+            name="clip_text",
+            checkpoints={"clip_text": "clip-multilingual"},
+            make_inputs=sentences,
+            request=encode_text_request,
+            raw=raw_clip_text,
+            batch_from="clip_text",
+        ),
+        BenchPath(
+            # Document 001's cached captions: every timed request is a hit (the warm-up
+            # captioned each image once); naive: document 001's handler, an in-process dict.
+            name="cache_hit",
+            checkpoints={"models.blip": "blip-caption"},
+            make_inputs=photo_jpegs,
+            request=caption_upload_request,
+            raw=raw_cache_lookup,
+            batch_from="models.blip",
+            cache="memory",
+            default_levels=(1, 4, 16),
+            requests_factor=16,
+            requests_minimum=64,
+        ),
+        BenchPath(
+            # Documents 000 and 001: every request reaches BLIP (no cache), fixed-length.
+            name="blip_caption",
+            checkpoints={"models.blip": "blip-caption"},
+            make_inputs=photo_jpegs,
+            request=caption_upload_request,
+            raw=raw_blip_caption,
+            batch_from="models.blip",
+            requests_factor=2,
+            requests_minimum=8,
+            overrides={"models.blip": {"generation": BLIP_CAPTION_TOKENS}},
+        ),
+        BenchPath(
+            # Document 002: POST /question about images uploaded once before the sweep.
+            name="blip_vqa",
+            checkpoints={"vqa": "blip-vqa"},
+            make_inputs=image_questions,
+            request=question_request,
+            raw=raw_blip_vqa,
+            batch_from="vqa",
+            requests_factor=2,
+            requests_minimum=8,
+            overrides={"vqa": {"generation": VQA_TOKENS}},
+            prepare=upload_images,
+        ),
+        BenchPath(
+            # Document 001's VLM captions: InternVL3-1B size, its replica up from the start.
+            name="vlm",
+            checkpoints={"models.intern_vlm": "internvl"},
+            make_inputs=photo_jpegs,
+            request=vlm_caption_request,
+            raw=raw_vlm,
+            batch_from="models.intern_vlm",
+            default_levels=(1, 4, 16),
+            requests_factor=2,
+            requests_minimum=4,
+            overrides={"models.intern_vlm": {"generation": VLM_TOKENS, **ONE_REPLICA}},
+        ),
+        BenchPath(
+            # Document 002's POST /generate: Stable Diffusion 1.5 size, 256 px, 10 steps.
+            name="diffusion",
+            checkpoints={"sd": "sd"},
+            make_inputs=sentences,
+            request=generate_request,
+            raw=raw_diffusion,
+            batch_from="sd",
+            default_levels=(1, 4, 16),
+            requests_factor=2,
+            requests_minimum=4,
+            overrides={"sd": ONE_REPLICA},
+        ),
+        BenchPath(
+            # Document 004's chain, BLIP caption -> Stable Diffusion: its target is against
+            # its own stages (``extra``), no raw model.
+            name="pipeline",
+            checkpoints={"models.blip": "blip-caption", "sd": "sd"},
+            make_inputs=photo_jpegs,
+            request=similar_image_request,
+            raw=None,
+            batch_from="sd",
+            default_levels=(1, 4, 16),
+            requests_factor=2,
+            requests_minimum=4,
+            overrides={"models.blip": {"generation": BLIP_CAPTION_TOKENS}, "sd": ONE_REPLICA},
+            extra=pipeline_stages,
+        ),
+    )
+}
+
+
+# ---- the served app
+
+
+def profile_block(args: dict[str, Any], key: str) -> dict[str, Any]:
+    """The block at dotted ``key`` of the profile's ``args``."""
+    block = args
+    for part in key.split("."):
+        block = block[part]
+    return block
+
+
+def local_profile_args() -> dict[str, Any]:
+    """``configs/local.yaml``'s application args."""
+    (application,) = yaml.safe_load(PROFILE.read_text())["applications"]
+    return application["args"]
+
+
+def merged(block: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``block`` with ``override`` merged in, nested dicts key by key; neither is changed."""
+    result = dict(block)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def bench_app_config(
+    path: BenchPath, checkpoints: dict[str, Path], folder: Path, threads: int | None = None
+) -> Any:
+    """The local profile with only this path's models, each on its benchmark checkpoint with
+    the path's overrides and ``threads`` torch threads (``None``: torch's choice); the other
+    models off; the path's cache setting."""
+    from vlgraph.config import TOP_LEVEL_MODELS, AppConfig
+
+    args = local_profile_args()
+    kept = {key: profile_block(args, key) for key in path.checkpoints}
+    unknown = set(path.overrides) - set(kept)
+    if unknown:
+        raise ValueError(f"{path.name}: overrides of models it does not serve: {unknown}")
+    for name in args["models"]:
+        args["models"][name] = None
+    for name in TOP_LEVEL_MODELS:
+        args[name] = None
+    for key, block in kept.items():
+        block = {
+            **merged(block, path.overrides.get(key, {})),
+            "source": str(checkpoints[key]),
+            "torch_threads": threads,
+        }
+        parent, _, leaf = key.rpartition(".")
+        (profile_block(args, parent) if parent else args)[leaf] = block
+    if args["models"].get("blip") is None:
+        # The ingress needs a BLIP captioner; a tiny one costs nothing while idle.
+        args["models"]["blip"] = {
+            "source": "tiny:blip-caption",
+            "device": "cpu",
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
+        }
+    args.update(
+        profile="bench",
+        cache={"backend": path.cache},
+        store={"backend": "sqlite", "data_dir": str(folder / "data")},
+        ingress={**args["ingress"], "image_root": str(folder)},
+    )
+    return AppConfig.model_validate(args)
+
+
+def model_config(config: Any, key: str) -> Any:
+    """The validated model settings at dotted ``key`` of an app config."""
+    block = config
+    for part in key.split("."):
+        block = getattr(block, part)
+    return block
+
+
+def raw_batch(path: BenchPath, config: Any) -> int:
+    """The served max_batch_size of the path's main model: the raw model's batch too."""
+    return model_config(config, path.batch_from).batching.max_batch_size
