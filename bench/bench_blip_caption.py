@@ -27,10 +27,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import httpx
 import numpy as np
 from PIL import Image
 
+from bench.harness import use_replica_allocator_settings
 from vlgraph.tiny_checkpoints import ensure_checkpoint
 
 if TYPE_CHECKING:
@@ -169,15 +173,6 @@ def bench_config(
             "cache": {"backend": "none"},
         }
     )
-
-
-def use_replica_allocator_settings() -> None:
-    """Re-run this process with the allocator settings model replicas get, so that the raw
-    baseline and the served path use the same malloc (glibc reads them at start-up only)."""
-    from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
-
-    if any(os.environ.get(key) != value for key, value in CPU_ALLOCATOR_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CPU_ALLOCATOR_ENV})
 
 
 def main(argv: list[str] | None = None) -> None:
