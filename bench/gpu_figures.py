@@ -31,10 +31,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml
-
 from bench.harness import REPO_ROOT, RESULTS_DIR, Request, ServedApp, closed_loop, machine
 from bench.paths import photo_jpegs
+from vlgraph.profiles import load_application, with_sources
 from vlgraph.tiny_checkpoints import ensure_checkpoint
 
 ANCHORS = {
@@ -42,37 +41,14 @@ ANCHORS = {
     "sd15_512_50_steps_s": 1.59,
     "sdxl_1024_50_steps_s": 5.93,
 }
-#: The tiny-checkpoint family of each model key of the profile, when the block names none.
-FAMILY_OF = {
-    "blip": "blip-caption",
-    "vqa": "blip-vqa",
-    "clip_image": "clip",
-    "clip_text": "clip-multilingual",
-}
 
 
 def gpu_profile(checkpoint_of: Callable[[str], Path], skip: set[str]) -> dict[str, Any]:
     """``serve_config.yaml``'s args with every source on ``checkpoint_of(family)`` (full-size
     random weights for the figures), one replica per model (all resident at once, each with
     its fractional GPU share and dtype), the result cache off."""
-    (application,) = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())["applications"]
-    args = application["args"]
-    blocks = {f"models.{name}": block for name, block in args["models"].items()}
-    blocks.update({name: args[name] for name in ("vqa", "clip_image", "clip_text", "sd", "sdxl")})
-    for key, block in blocks.items():
-        name = key.rpartition(".")[2]
-        parent = args["models"] if key.startswith("models.") else args
-        if block is None or name in skip:
-            parent[name] = None if name != "blip" else block
-            continue
-        family = block.get("family")
-        family = {"sd": "sd", "sdxl": "sdxl"}.get(family, family) or FAMILY_OF[name]
-        deployment = {k: v for k, v in block["deployment"].items() if k != "autoscaling_config"}
-        parent[name] = {
-            **block,
-            "source": str(checkpoint_of(family)),
-            "deployment": {**deployment, "num_replicas": 1},
-        }
+    args = load_application(REPO_ROOT / "serve_config.yaml")["args"]
+    args = with_sources(args, lambda family: str(checkpoint_of(family)), replicas=1, skip=skip)
     args.update(cache={"backend": "none"}, environment="development", profile="gpu-bench")
     return args
 

@@ -41,8 +41,8 @@ TEST_ADMIN_KEY = "test-admin-key"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run command-line tests last: they need the session's Ray instance gone."""
-    items.sort(key=lambda item: item.get_closest_marker("cli") is not None)
+    """Run command-line and cluster tests last: they need the session's Ray instance gone."""
+    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in ("cli", "cluster")))
 
 
 def noise_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:

@@ -16,11 +16,15 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, free_port, release_ray, wait_until_healthy
+from tests.listening import listening_addresses
 from tests.serve_process import ServeRun
 
 pytestmark = pytest.mark.cli
 
 OFFLINE_URL = "http://127.0.0.1:8000"
+#: Ray's defaults for the dashboard (and its Jobs API) and each node's dashboard agent.
+DASHBOARD_PORT = 8265
+AGENT_PORT = 52365
 
 
 @pytest.fixture
@@ -157,16 +161,34 @@ def readme_examples_of_documents_002_to_004(examples: Path) -> None:
     assert stream.text.count("event: step") == 8 and "event: image" in stream.text
 
 
-def test_port_from_the_environment_moves_the_api(user_env: dict[str, str]) -> None:
-    """Document 001's ``PORT``: ``PORT=N vlgraph-serve configs/offline.yaml`` listens on N."""
+def test_port_moves_the_api_and_ray_stays_closed(user_env: dict[str, str]) -> None:
+    """Document 001's ``PORT``: ``PORT=N vlgraph-serve configs/offline.yaml`` listens on N.
+    Safe defaults of the Ray it starts: the dashboard and its Jobs API on 127.0.0.1 only, and
+    token authentication on, which guards the dashboard agent's job endpoint where it listens
+    on the node's address."""
+    env = {key: value for key, value in user_env.items() if not key.startswith("RAY_AUTH")}
     port = free_port()
-    server = ServeRun("configs/offline.yaml", {**user_env, "PORT": str(port)}, ("vlgraph-serve",))
+    server = ServeRun("configs/offline.yaml", {**env, "PORT": str(port)}, ("vlgraph-serve",))
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", timeout_s=180)
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
         assert health.status_code == 200, health.text
         with pytest.raises(httpx.ConnectError):
             httpx.get(OFFLINE_URL, timeout=5)
+
+        assert listening_addresses(DASHBOARD_PORT) == {"127.0.0.1"}
+        jobs = httpx.get(f"http://127.0.0.1:{DASHBOARD_PORT}/api/jobs/", timeout=10)
+        assert jobs.status_code == 401, jobs.text
+        agent_addresses = listening_addresses(AGENT_PORT)
+        assert agent_addresses, "the dashboard agent is not listening"
+        for address in agent_addresses:
+            host = f"[{address}]" if ":" in address else address
+            submit = httpx.post(
+                f"http://{host}:{AGENT_PORT}/api/job_agent/jobs/",
+                json={"entrypoint": "echo owned"},
+                timeout=10,
+            )
+            assert submit.status_code == 401, (address, submit.text)
     finally:
         server.stop()
 

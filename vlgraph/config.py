@@ -58,6 +58,12 @@ class AutoscalingConfig(StrictModel):
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
     downscale_to_zero_delay_s: float | None = Field(None, ge=0)
+    look_back_period_s: float | None = Field(
+        None,
+        gt=10,
+        description="Window the load is averaged over (Ray's default: 30 s); more than Ray's "
+        "10 s metrics interval.",
+    )
 
     @model_validator(mode="after")
     def _bounds_are_ordered(self) -> AutoscalingConfig:
