@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlgraph.errors import ServiceError, ServiceUnavailableError
 
@@ -149,18 +150,45 @@ def install_error_handlers(app: FastAPI) -> None:
             request, error.status_code, code, str(error.detail), headers=error.headers
         )
 
-    @app.middleware("http")
-    async def _unexpected_errors(request: Request, call_next):
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Turns an exception that escapes every handler into a 503 (Serve's overload and
+    dead-replica errors) or a 500 without internals. A plain ASGI middleware: Starlette's
+    ``@app.middleware("http")`` would cost every request an extra task and a wrapped body
+    stream."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            return await call_next(request)
+            await self.app(scope, receive, send_tracking)
         except Exception as error:
+            if started:  # too late for an error body: the client sees a cut-off response
+                raise
+            request = Request(scope)
             transient = transient_service_error(error)
             if transient is not None:
-                return service_error_response(request, transient)
-            logger.exception("request %s failed", request_id_of(request))
-            return error_response(
-                request,
-                500,
-                "internal_error",
-                "internal error; quote the request id when reporting it",
-            )
+                response = service_error_response(request, transient)
+            else:
+                logger.exception("request %s failed", request_id_of(request))
+                response = error_response(
+                    request,
+                    500,
+                    "internal_error",
+                    "internal error; quote the request id when reporting it",
+                )
+            await response(scope, receive, send)
