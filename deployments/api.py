@@ -8,8 +8,10 @@ routes call live here, at module level, so they exist when Serve pickles the app
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import TypeVar
 from urllib.parse import parse_qs
 
@@ -19,9 +21,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.http_errors import install_error_handlers, transient_service_error
+from deployments.http_guards import RequestGuards
 from deployments.service_metrics import service_metrics
 from vlgraph import __version__
-from vlgraph.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from vlgraph.errors import (
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    UnsupportedMediaTypeError,
+)
 from vlgraph.images import inspect_image
 
 api = FastAPI(
@@ -31,6 +38,9 @@ api = FastAPI(
     "001), visual question answering with stored uploads (document 002). Errors share one "
     'body shape: `{"error": {"code", "message", "request_id"}, "detail"}`.',
 )
+# Middleware added later wraps what was added before: the request counter sees every final
+# status, the error mapper catches what escapes the guards, the guards run next to the routes.
+api.add_middleware(RequestGuards)
 install_error_handlers(api)
 
 
@@ -70,11 +80,22 @@ class RequestCounter:
 api.add_middleware(RequestCounter)
 
 
-async def call_model(call):
-    """Await a handle call; Serve's overload and dead-replica errors become a typed 503
-    (Serve answers its own exceptions before any middleware could)."""
+async def call_model(call, timeout_s: float | None = None):
+    """Await a handle call, giving up after ``timeout_s`` (the callee's request timeout: the
+    call is cancelled and the client gets a 503 ``model_timeout``); Serve's overload and
+    dead-replica errors become a typed 503 too (Serve answers its own exceptions before any
+    middleware could)."""
     try:
-        return await call
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except TimeoutError:
+        cancel = getattr(call, "cancel", None)
+        if cancel is not None:
+            cancel()
+        raise ServiceUnavailableError(
+            f"the model did not answer within its {timeout_s:g} s request timeout; retry later",
+            code="model_timeout",
+        ) from None
     except Exception as error:
         transient = transient_service_error(error)
         if transient is None:
@@ -82,13 +103,44 @@ async def call_model(call):
         raise transient from None
 
 
-async def timed_model_call(model: str, call):
-    """:func:`call_model`, recording how long ``model`` took (queueing included) in the
-    model latency histogram."""
+async def bounded_stream(events, timeout_s: float | None = None) -> AsyncIterator:
+    """The items of a streamed handle call, all within ``timeout_s`` (the callee's request
+    timeout: past it the call is cancelled and a 503 ``model_timeout`` is raised); Serve's
+    overload and dead-replica errors become a typed 503, as in :func:`call_model`. The
+    deadline guards each wait for the next item, never the consumer's own work."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    item = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ServiceUnavailableError(
+                    f"the model did not finish within its {timeout_s:g} s request timeout; "
+                    "retry later",
+                    code="model_timeout",
+                ) from None
+            except Exception as error:
+                transient = transient_service_error(error)
+                if transient is None:
+                    raise
+                raise transient from None
+            yield item
+    finally:
+        events.cancel()  # a consumer that left, or a deadline, stops the model's work too
+
+
+async def timed_model_call(model: str, *calls, timeout_s: float | None = None):
+    """Await one or more calls to ``model`` together (each bounded by ``timeout_s``),
+    recording how long they took (queueing included) in the model latency histogram; the
+    result, or the tuple of results."""
     started = time.perf_counter()
-    result = await call_model(call)
+    results = await asyncio.gather(*(call_model(call, timeout_s) for call in calls))
     service_metrics().observe_model_latency(model, time.perf_counter() - started)
-    return result
+    return results[0] if len(calls) == 1 else tuple(results)
 
 
 async def resolved(value):

@@ -18,12 +18,13 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import api, timed_model_call
+from deployments.api import api
 from deployments.http_errors import error_responses
 from vlgraph.errors import BadRequestError, PayloadTooLargeError, ServiceError
 from vlgraph.images import inspect_image
 from vlgraph.messages import EncodeRequest
 from vlgraph.safe_fetch import ImageFetcher
+from vlgraph.text_inputs import checked_text
 
 _NORMALIZE = Field(
     False,
@@ -142,16 +143,13 @@ class EmbeddingRoutes:
         return items
 
     def _check_text(self, text: str, index: int | None) -> None:
-        where = "" if index is None else f" (item {index})"
-        if not text.strip():
-            raise ServiceError(f"the text is empty{where}", code="empty_text", status=422)
-        limit = self._config.max_text_chars
-        if len(text) > limit:
-            raise ServiceError(
-                f"a text of {len(text)} characters{where}; the limit is {limit}",
-                code="text_too_long",
-                status=422,
-            )
+        checked_text(
+            text,
+            what="the text" if index is None else f"the text (item {index})",
+            limit=self._config.max_text_chars,
+            long_code="text_too_long",
+            empty_code="empty_text",
+        )
 
     async def _fetched(self, url: str, index: int | None) -> bytes:
         try:
@@ -204,7 +202,7 @@ class EmbeddingRoutes:
             cached = await self._cache.get(key)
             if cached is not None:
                 return tuple(cached["embedding"])
-        result = await timed_model_call(name, handle.encode.remote(EncodeRequest(item=item)))
+        result = await self._call_models(name, handle.encode.remote(EncodeRequest(item=item)))
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         if key is not None:

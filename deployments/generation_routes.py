@@ -22,10 +22,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.api import (
     api,
+    bounded_stream,
     form_or_json_body,
     read_form_or_json,
     read_image_form,
-    timed_model_call,
     validated,
 )
 from deployments.http_errors import error_responses
@@ -208,7 +208,7 @@ class GenerationRoutes:
         """The caption of ``image`` and the image generated from it, chained inside the
         pipeline deployment (the caption never comes back through here first)."""
         model, similar = await self._similar_request(request)
-        result = await timed_model_call(
+        result = await self._call_models(
             "similar_image", self._pipeline_handle().run.remote(similar)
         )
         if result.error is not None:
@@ -278,7 +278,7 @@ class GenerationRoutes:
             cached = await self._cache.get(key)
             if cached is not None:
                 return GeneratedImage.model_validate({**cached, "cache": True})
-        result = await timed_model_call(model, self._generator(model).generate.remote(generation))
+        result = await self._call_models(model, self._generator(model).generate.remote(generation))
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         answer = _generated_image(model, generation, result)
@@ -304,7 +304,7 @@ class GenerationRoutes:
         self, model: str, generation: GenerationRequest, events: Any
     ) -> AsyncIterator[str]:
         try:
-            async for event in events:
+            async for event in bounded_stream(events, self._timeouts.get(model)):
                 if event.kind == "step":
                     yield _event("step", {"step": event.step, "total_steps": event.total_steps})
                 elif event.result is not None and event.result.error is None:
@@ -313,14 +313,12 @@ class GenerationRoutes:
                     yield _error_event(event.result.error if event.result else None)
         except ServiceError as error:
             yield _error_event(error.as_item_error())
-        finally:
-            events.cancel()
 
     async def _pipeline_events(
         self, model: str, request: SimilarImageRequest, events: Any
     ) -> AsyncIterator[str]:
         try:
-            async for event in events:
+            async for event in bounded_stream(events, self._timeouts.get("similar_image")):
                 if event.kind == "caption":
                     yield _event("caption", {"caption": event.caption})
                 elif event.kind == "step":
@@ -334,8 +332,8 @@ class GenerationRoutes:
                     yield _event("image", response)
                 else:
                     yield _error_event(event.result.error if event.result else None)
-        finally:
-            events.cancel()
+        except ServiceError as error:
+            yield _error_event(error.as_item_error())
 
 
 def _with_prompt(generation: GenerationRequest, caption: str | None) -> GenerationRequest:

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlgraph.errors import ServiceError, ServiceUnavailableError
@@ -55,6 +56,20 @@ _STATUS_TEXT = {
     422: "Invalid request body, or an image that cannot be decoded.",
     503: "Overloaded or a model replica is unavailable; retry after Retry-After.",
 }
+
+
+#: Codes of the errors Starlette and the request guards raise as ``HTTPException``.
+_HTTP_ERROR_CODES = {
+    404: "route_not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    413: "body_too_large",
+}
+
+
+def body_too_large(limit: int) -> str:
+    """The message of a 413 ``body_too_large``."""
+    return f"the request body is over the {limit}-byte limit (ingress.max_body_bytes)"
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -145,10 +160,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "route_not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
-        return error_response(
-            request, error.status_code, code, str(error.detail), headers=error.headers
-        )
+        code = _HTTP_ERROR_CODES.get(error.status_code, "http")
+        message = str(error.detail)
+        limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+        if error.status_code == 413 and limit is not None:  # Starlette's body limiter
+            message = body_too_large(limit)
+        return error_response(request, error.status_code, code, message, headers=error.headers)
 
     app.add_middleware(UnexpectedErrors)
 

@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import api, call_model, read_upload, resolved, timed_model_call
+from deployments.api import api, read_upload, resolved, timed_model_call
 from deployments.embedding_routes import EmbeddingRoutes
 from deployments.generation_routes import GenerationRoutes
 from deployments.http_errors import error_responses
+from deployments.http_guards import GuardSettings
 from deployments.question_routes import QuestionRoutes
 from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
 from deployments.web_page import mount_static, page_html, prefers_html
@@ -59,6 +60,7 @@ from vlgraph.messages import (
 )
 from vlgraph.safe_fetch import ImageFetcher
 from vlgraph.tags import caption_tags
+from vlgraph.text_inputs import checked_text
 
 ModelName = Literal["blip", "blip2", "gemma", "intern_vlm"]
 #: Models that read several images in one prompt, hence give one caption for a set.
@@ -278,8 +280,10 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         generator_configs: dict[str, DiffusionConfig] | None = None,
         pipeline: DeploymentHandle | None = None,
         random_weights: bool = False,
+        timeouts: dict[str, float] | None = None,
     ):
         self._random_weights = random_weights
+        self._timeouts = timeouts or {}
         self._admin = admin or AdminConfig(api_key=None, debug=False)
         self._captioners = captioners
         self._vqa = vqa
@@ -303,6 +307,8 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         self._cache_backend = cache_config.backend
         self._fingerprints = model_fingerprints or {}
         self._config = config
+        #: Read by deployments.http_guards.RequestGuards through Serve's replica context.
+        self.guard_settings = GuardSettings.from_config(config)
         self._image_root = config.resolved_image_root()
         self._profile = profile
 
@@ -461,9 +467,7 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
             CollectionCaptionRequest(images=image_set, prompt=caption_prompt)
         )
         flag_call = self._flag_call(handle, image_set, flag_prompt)
-        result, flag = await timed_model_call(
-            model, asyncio.gather(call_model(caption_call), call_model(flag_call))
-        )
+        result, flag = await self._call_models(model, caption_call, flag_call)
         for outcome in (result, flag):
             if outcome.error is not None:
                 raise ServiceError.from_item_error(outcome.error)
@@ -555,18 +559,15 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
 
     def _prompts(self, *prompts: str | None) -> list[str | None]:
         """Blank prompts count as absent; overlong ones are refused before any model runs."""
-        limit = self._config.max_prompt_chars
-        cleaned: list[str | None] = []
-        for prompt in prompts:
-            text = (prompt or "").strip()
-            if len(text) > limit:
-                raise ServiceError(
-                    f"a prompt of {len(text)} characters; the limit is {limit}",
-                    code="prompt_too_long",
-                    status=422,
-                )
-            cleaned.append(text or None)
-        return cleaned
+        return [
+            checked_text(
+                prompt,
+                what="the prompt",
+                limit=self._config.max_prompt_chars,
+                long_code="prompt_too_long",
+            )
+            for prompt in prompts
+        ]
 
     async def _read_uploads(self, files: list[UploadFile]) -> list[tuple[str, bytes | ItemError]]:
         """Each upload's name and bytes, checked (size, pixels, format by content), or the
@@ -625,9 +626,7 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         handle = self._captioners[model]
         caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
         flag_call = self._flag_call(handle, (data,), flag_prompt)
-        result, flag = await timed_model_call(
-            model, asyncio.gather(call_model(caption_call), call_model(flag_call))
-        )
+        result, flag = await self._call_models(model, caption_call, flag_call)
         error = result.error or flag.error
         if error is not None:
             return error
@@ -646,6 +645,11 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
             flagged=answer["flagged"],
             cache=cache,
         )
+
+    async def _call_models(self, model: str, *calls):
+        """Await calls to ``model`` together, each bounded by the model's request timeout and
+        timed for the latency histogram; the result, or the tuple of results."""
+        return await timed_model_call(model, *calls, timeout_s=self._timeouts.get(model))
 
     def _result_params(self, model: str, **inputs: object) -> dict:
         """What a cache key carries besides the input itself: everything that changes the

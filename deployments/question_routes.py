@@ -18,7 +18,6 @@ from deployments.api import (
     form_or_json_body,
     read_form_or_json,
     read_upload,
-    timed_model_call,
 )
 from deployments.http_errors import error_responses
 from vlgraph.errors import (
@@ -29,6 +28,7 @@ from vlgraph.errors import (
 from vlgraph.image_store import HistoryPage, ImageStore, QuestionRecord
 from vlgraph.images import ImageInfo, inspect_image
 from vlgraph.messages import QuestionRequest
+from vlgraph.text_inputs import checked_text
 
 _DEFAULT_HISTORY_PAGE = 20
 
@@ -167,17 +167,13 @@ class QuestionRoutes:
         return data, info
 
     def _checked_question(self, question: str) -> str:
-        text = question.strip()
-        limit = self._config.max_question_chars
-        if not text:
-            raise ServiceError("the question is empty", code="empty_question", status=422)
-        if len(text) > limit:
-            raise ServiceError(
-                f"a question of {len(text)} characters; the limit is {limit}",
-                code="question_too_long",
-                status=422,
-            )
-        return text
+        return checked_text(
+            question,
+            what="the question",
+            limit=self._config.max_question_chars,
+            long_code="question_too_long",
+            empty_code="empty_question",
+        )
 
     async def _answer_question(self, data: bytes, question: str) -> tuple[str, bool]:
         if self._vqa is None:
@@ -192,7 +188,7 @@ class QuestionRoutes:
             cached = await self._cache.get(key)
             if cached is not None:
                 return cached["answer"], True
-        result = await timed_model_call(
+        result = await self._call_models(
             "vqa", self._vqa.answer.remote(QuestionRequest(image=data, question=question))
         )
         if result.error is not None:

@@ -77,7 +77,12 @@ def build_app(args: AppConfig) -> Application:
     chained = "sdxl" if "sdxl" in generators else "sd" if "sd" in generators else None
     if chained is not None:
         pipeline = bind_similar_image(
-            captioners["blip"], generators[chained], generator_configs[chained], config.ingress
+            captioners["blip"],
+            generators[chained],
+            blip,
+            generator_configs[chained],
+            config.ingress,
+            config.similar_image,
         )
 
     # Paths are resolved here, in the process that reads the config file, so that a relative
@@ -104,4 +109,7 @@ def build_app(args: AppConfig) -> Application:
         generator_configs=generator_configs,
         pipeline=pipeline,
         random_weights=bool(config.random_weight_models()),
+        timeouts={
+            name: options.request_timeout_s for name, options in config.called_deployments().items()
+        },
     )

@@ -25,13 +25,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.api import call_model, read_image_form, validated
+from deployments.api import bounded_stream, call_model, read_image_form, validated
 from deployments.blip_caption import BlipCaptionDeployment
 from deployments.diffusion import DiffusionDeployment
 from vlgraph.config import (
     BlipCaptionConfig,
     DiffusionConfig,
     IngressConfig,
+    ModelFamilyConfig,
+    PipelineConfig,
     StrictModel,
     default_sdxl,
     resolve_checkpoint_cache_dir,
@@ -87,12 +89,16 @@ class SimilarImagePipeline:
         generator_config: DiffusionConfig | None = None,
         max_prompt_chars: int = 500,
         max_image_bytes: int = 16 * 1024 * 1024,
+        caption_timeout_s: float | None = None,
+        generation_timeout_s: float | None = None,
     ):
         self._captioner = captioner
         self._generator = generator
         self._generator_config = generator_config
         self._max_prompt_chars = max_prompt_chars
         self._max_image_bytes = max_image_bytes
+        self._caption_timeout_s = caption_timeout_s
+        self._generation_timeout_s = generation_timeout_s
 
     async def run(self, request: SimilarImageRequest) -> SimilarImageResult:
         """Caption the image, then generate from the caption."""
@@ -102,6 +108,7 @@ class SimilarImagePipeline:
         generation = await _answered(
             self._generator.generate.remote(self._with_prompt(request, caption.caption)),
             GenerationResult,
+            self._generation_timeout_s,
         )
         return SimilarImageResult(
             caption=caption.caption, generation=generation, error=generation.error
@@ -118,10 +125,11 @@ class SimilarImagePipeline:
             self._with_prompt(request, caption.caption)
         )
         try:
-            async for event in stream:
+            async for event in bounded_stream(stream, self._generation_timeout_s):
                 yield _pipeline_event(event, caption.caption)
-        finally:
-            stream.cancel()  # a consumer that left stops the generator too
+        except ServiceUnavailableError as error:
+            failed = SimilarImageResult(caption=caption.caption, error=error.as_item_error())
+            yield PipelineEvent(kind="error", result=failed)
 
     async def __call__(self, http_request: Request) -> JSONResponse:
         """The standalone application's route: ``POST /`` with multipart ``image`` and
@@ -159,7 +167,9 @@ class SimilarImagePipeline:
 
     async def _caption(self, image: bytes) -> CaptionResult:
         return await _answered(
-            self._captioner.caption.remote(CaptionRequest(image=image)), CaptionResult
+            self._captioner.caption.remote(CaptionRequest(image=image)),
+            CaptionResult,
+            self._caption_timeout_s,
         )
 
     def _with_prompt(self, request: SimilarImageRequest, caption: str) -> GenerationRequest:
@@ -167,11 +177,12 @@ class SimilarImagePipeline:
         return dataclasses.replace(request.generation, prompt=prompt)
 
 
-async def _answered(call: Any, result_type: type) -> Any:
-    """The handle call's result; Serve's overload and dead-replica errors become a
-    ``result_type`` carrying the 503 error instead of an exception."""
+async def _answered(call: Any, result_type: type, timeout_s: float | None) -> Any:
+    """The handle call's result within ``timeout_s``; a timeout and Serve's overload and
+    dead-replica errors become a ``result_type`` carrying the 503 error instead of an
+    exception."""
     try:
-        return await call_model(call)
+        return await call_model(call, timeout_s)
     except ServiceUnavailableError as error:
         return result_type(error=error.as_item_error())
 
@@ -187,15 +198,7 @@ def _pipeline_event(event: GenerationEvent, caption: str) -> PipelineEvent:
     )
 
 
-#: The pipeline only awaits its two handles: a sliver of a CPU, and room for many requests.
-PIPELINE_CPUS = 0.05
-
-SimilarImageDeployment = serve.deployment(
-    SimilarImagePipeline,
-    name="similar_image",
-    ray_actor_options={"num_cpus": PIPELINE_CPUS},
-    max_ongoing_requests=128,
-)
+SimilarImageDeployment = serve.deployment(SimilarImagePipeline, name="similar_image")
 
 
 class SimilarImageAppConfig(StrictModel):
@@ -208,18 +211,27 @@ class SimilarImageAppConfig(StrictModel):
     )
     generator: DiffusionConfig = Field(default_factory=default_sdxl)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 def bind_similar_image(
-    captioner: Any, generator: Any, generator_config: DiffusionConfig, ingress: IngressConfig
+    captioner: Any,
+    generator: Any,
+    captioner_config: ModelFamilyConfig,
+    generator_config: DiffusionConfig,
+    ingress: IngressConfig,
+    pipeline: PipelineConfig,
 ) -> Application:
-    """The pipeline deployment bound to a captioner and a generator (bound deployments)."""
-    return SimilarImageDeployment.bind(
+    """The pipeline deployment (its Ray options from ``pipeline``) bound to a captioner and a
+    generator (bound deployments), each call bounded by its callee's request timeout."""
+    return SimilarImageDeployment.options(**pipeline.deployment.serve_options()).bind(
         captioner,
         generator,
         generator_config,
         ingress.max_prompt_chars,
         ingress.max_image_bytes,
+        captioner_config.deployment.request_timeout_s,
+        generator_config.deployment.request_timeout_s,
     )
 
 
@@ -239,4 +251,6 @@ def build_similar_image_app(args: SimilarImageAppConfig) -> Application:
     generator = DiffusionDeployment.options(
         name=f"{config.generator.family}_generator", **config.generator.serve_options()
     ).bind(config.generator, str(cache_dir), config.generator.family)
-    return bind_similar_image(captioner, generator, config.generator, config.ingress)
+    return bind_similar_image(
+        captioner, generator, config.captioner, config.generator, config.ingress, config.pipeline
+    )

@@ -38,6 +38,9 @@ TEST_MAX_ENCODE_ITEMS = 6
 TEST_MAX_STEPS = 200
 TEST_MAX_IMAGE_SIDE = 128
 TEST_ADMIN_KEY = "test-admin-key"
+TEST_BODY_TIMEOUT_S = 3.0
+#: The loopback address the tests' own image servers bind; the only one the app may fetch from.
+TEST_IMAGE_HOST = "127.0.0.2"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -149,8 +152,10 @@ def make_test_config(
                 "max_history_page": TEST_MAX_HISTORY_PAGE,
                 "max_text_chars": TEST_MAX_TEXT_CHARS,
                 "max_encode_items": TEST_MAX_ENCODE_ITEMS,
+                "body_timeout_s": TEST_BODY_TIMEOUT_S,
                 "deployment": {
                     "max_ongoing_requests": 64,
+                    "request_timeout_s": 120,
                     "ray_actor_options": {"num_cpus": 0.1},
                 },
             },
@@ -194,10 +199,10 @@ def make_test_config(
             },
             "sd": tiny_generator_config("sd"),
             "sdxl": tiny_generator_config("sdxl", guidance_scale=5.0),
-            # The explicit switch that lets the tests' own HTTP server on 127.0.0.1 be fetched;
-            # every other private address stays refused.
+            # The explicit switch that lets the tests' own HTTP servers, bound to 127.0.0.2, be
+            # fetched; every other private address, 127.0.0.1 and "localhost" too, stays refused.
             "image_fetch": {
-                "allowed_networks": ["127.0.0.1/32"],
+                "allowed_networks": [f"{TEST_IMAGE_HOST}/32"],
                 "read_timeout_s": 1.0,
                 "total_timeout_s": 3.0,
             },

@@ -9,7 +9,6 @@ import yaml
 from pydantic import ValidationError
 
 from graphs.app import build_app
-from graphs.similar_image import PIPELINE_CPUS
 from tests.conftest import REPO_ROOT
 from vlgraph.config import AppConfig, DeploymentOptions
 
@@ -225,14 +224,12 @@ def test_the_offline_profile_fits_two_cores() -> None:
     (Ray schedules by these numbers; one that does not fit never starts)."""
     document = yaml.safe_load((REPO_ROOT / "configs/offline.yaml").read_text())
     config = AppConfig.model_validate(document["applications"][0]["args"])
-    deployments = [model.deployment for model in config.served_models().values()]
-    deployments.append(config.ingress.deployment)
+    deployments = [*config.called_deployments().values(), config.ingress.deployment]
     total = sum(
         (options.num_replicas or options.autoscaling_config.initial_replicas or 0)
         * options.ray_actor_options.num_cpus
         for options in deployments
     )
-    total += PIPELINE_CPUS  # the similar-image pipeline deployment
     assert total <= 1.75, f"{total} CPUs asked; keep room for Serve's proxy and controller"
 
 

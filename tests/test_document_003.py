@@ -18,6 +18,7 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from tests.conftest import (
+    TEST_IMAGE_HOST,
     TEST_MAX_ENCODE_ITEMS,
     TEST_MAX_IMAGE_BYTES,
     TEST_MAX_TEXT_CHARS,
@@ -61,10 +62,10 @@ class _ImageServer(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def image_host() -> Iterator[str]:
     """A local HTTP server with the test images; reachable only because the test config
-    exempts 127.0.0.1/32 (``image_fetch.allowed_networks``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
+    exempts its address (``image_fetch.allowed_networks``)."""
+    server = ThreadingHTTPServer((TEST_IMAGE_HOST, 0), _ImageServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://{TEST_IMAGE_HOST}:{server.server_address[1]}"
     server.shutdown()
 
 

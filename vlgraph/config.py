@@ -79,6 +79,10 @@ class BackpressureOptions(StrictModel):
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After header, seconds.")
 
 
+#: Default deadline of one call to a deployment (seconds); profiles set their own.
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+
+
 class DeploymentOptions(StrictModel):
     """Ray Serve options of one deployment, applied with ``.options(...)`` by the builder."""
 
@@ -95,9 +99,19 @@ class DeploymentOptions(StrictModel):
     )
     max_queued_requests: int = Field(
         256,
-        ge=-1,
-        description="Requests each caller may queue for this deployment before it is refused "
-        "with 503 (-1: unbounded).",
+        ge=1,
+        description="Requests each caller may queue for this deployment before the excess is "
+        "refused at once with backpressure_config's status and Retry-After. Always bounded: a "
+        "queue without a bound turns overload into a hang.",
+    )
+    request_timeout_s: float = Field(
+        DEFAULT_REQUEST_TIMEOUT_S,
+        gt=0,
+        le=3600,
+        description="Longest wait for one call to this deployment, queueing included; past it "
+        "the call is cancelled and the client gets 503 with Retry-After (code model_timeout; "
+        "request_timeout for the ingress, whose deadline covers the whole request until its "
+        "response starts). Enforced by the caller, not passed to Serve.",
     )
     backpressure_config: BackpressureOptions = Field(default_factory=BackpressureOptions)
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
@@ -115,8 +129,9 @@ class DeploymentOptions(StrictModel):
         return data
 
     def serve_options(self, user_config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The keyword arguments of ``Deployment.options``."""
-        options = self.model_dump(exclude_none=True)
+        """The keyword arguments of ``Deployment.options`` (the request timeout is vlgraph's,
+        enforced by callers, so it is left out)."""
+        options = self.model_dump(exclude_none=True, exclude={"request_timeout_s"})
         if user_config is not None:
             options["user_config"] = user_config
         return options
@@ -333,6 +348,11 @@ class ModelsConfig(StrictModel):
 
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 
+#: Room for the multipart boundaries, part headers and form fields beside the images.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+#: The ingress waits on the models, so its deadline is longer than theirs by default.
+DEFAULT_INGRESS_TIMEOUT_S = 2 * DEFAULT_REQUEST_TIMEOUT_S
+
 
 class IngressConfig(StrictModel):
     """The HTTP router: limits on what it accepts and where it reads images from."""
@@ -374,9 +394,52 @@ class IngressConfig(StrictModel):
     max_history_page: int = Field(
         100, ge=1, le=1000, description="Most images in one GET /history page (at most 1000)."
     )
-    deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256)
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest request body. Unset: room for max_upload_images images of "
+        "max_image_bytes each plus 1 MiB of form overhead. A Content-Length over it is refused "
+        "before any byte is read, a chunked body as soon as it crosses it (413 body_too_large).",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest time a client may take to send its whole body (a slow upload "
+        "holds a connection and buffers): past it, 408 body_timeout.",
+    )
+    cors_allow_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins whose pages may call the API from a browser (CORS), e.g. "
+        "['https://app.example.com']. Empty (the default): no cross-origin access; the "
+        "service's own page at / is same-origin and needs none.",
+    )
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            max_ongoing_requests=256, request_timeout_s=DEFAULT_INGRESS_TIMEOUT_S
+        )
+    )
+
+    @model_validator(mode="after")
+    def _body_fits_one_image(self) -> IngressConfig:
+        if self.max_body_bytes is not None and self.max_body_bytes <= self.max_image_bytes:
+            raise ValueError(
+                f"max_body_bytes ({self.max_body_bytes}) must be larger than max_image_bytes "
+                f"({self.max_image_bytes}), or one image of the largest size cannot be sent"
+            )
+        for origin in self.cors_allow_origins:
+            if origin == "*" or not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"cors_allow_origins takes full origins such as https://app.example.com, "
+                    f"not {origin!r} (a wildcard would open the API to every web page)"
+                )
+        return self
+
+    def body_limit(self) -> int:
+        """The largest request body accepted, in bytes."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_upload_images * self.max_image_bytes + FORM_OVERHEAD_BYTES
 
     def resolved_image_root(self) -> Path:
         """The absolute image root: config, else ``$IMAGE_ROOT``, else ``./images``."""
@@ -512,6 +575,22 @@ class AdminConfig(StrictModel):
     )
 
 
+class PipelineConfig(StrictModel):
+    """The similar-image pipeline deployment (document 004), which only awaits its captioner
+    and generator: a sliver of a CPU and room for many requests."""
+
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            max_ongoing_requests=128,
+            max_queued_requests=256,
+            request_timeout_s=DEFAULT_INGRESS_TIMEOUT_S,
+            ray_actor_options=RayActorOptions(num_cpus=0.05),
+        ),
+        description="Ray options of the similar_image deployment; its request_timeout_s "
+        "bounds the whole chain (caption, then generation).",
+    )
+
+
 #: Model sections at the top level of the profile rather than under ``models``.
 TOP_LEVEL_MODELS = ("vqa", "clip_image", "clip_text", "sd", "sdxl")
 
@@ -565,6 +644,24 @@ class AppConfig(StrictModel):
         description="SDXL for GET /generate-image and the similar-image pipeline (document 004).",
     )
 
+    similar_image: PipelineConfig = Field(
+        default_factory=PipelineConfig,
+        description="The caption -> generation pipeline deployment (served when a generator is).",
+    )
+
+    @model_validator(mode="after")
+    def _ingress_outwaits_its_deployments(self) -> AppConfig:
+        ingress = self.ingress.deployment.request_timeout_s
+        for name, options in self.called_deployments().items():
+            seconds = options.request_timeout_s
+            if seconds > ingress:
+                raise ValueError(
+                    f"{name}'s deployment.request_timeout_s ({seconds}) is longer than "
+                    f"ingress.deployment.request_timeout_s ({ingress}): the ingress would give "
+                    "up on the request before the model's own deadline could answer it"
+                )
+        return self
+
     @model_validator(mode="after")
     def _store_outside_the_cache_namespace(self) -> AppConfig:
         if self.store.namespace == self.cache.namespace:
@@ -592,6 +689,18 @@ class AppConfig(StrictModel):
             if model is not None:
                 served[name] = model
         return served
+
+    def serves_generation(self) -> bool:
+        """Whether an image generator is served (and with it the similar-image pipeline)."""
+        return self.sd is not None or self.sdxl is not None
+
+    def called_deployments(self) -> dict[str, DeploymentOptions]:
+        """The options of every deployment the ingress calls, by the name it calls it: each
+        served model, and the similar-image pipeline when a generator is served."""
+        called = {name: model.deployment for name, model in self.served_models().items()}
+        if self.serves_generation():
+            called["similar_image"] = self.similar_image.deployment
+        return called
 
     def random_weight_models(self) -> list[str]:
         """Served models that are tiny checkpoints with random weights (``tiny:`` sources):

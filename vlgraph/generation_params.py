@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ServiceError
 from vlgraph.messages import GenerationRequest
+from vlgraph.text_inputs import checked_text
 
 GeneratorName = Literal["sd", "sdxl"]
 
@@ -53,8 +54,21 @@ def resolve_generation(
     prompt: str, settings: GenerationSettings, config: DiffusionConfig, max_prompt_chars: int
 ) -> GenerationRequest:
     """The complete request for ``config``'s model, or :class:`BoundsError` naming the limit."""
-    text = _checked_text("prompt", prompt, max_prompt_chars, required=True)
-    negative = _checked_text("negative_prompt", settings.negative_prompt, max_prompt_chars)
+    text = checked_text(
+        prompt,
+        what="prompt",
+        limit=max_prompt_chars,
+        long_code=BoundsError.code,
+        empty_code=BoundsError.code,
+        error=BoundsError,
+    )
+    negative = checked_text(
+        settings.negative_prompt,
+        what="negative_prompt",
+        limit=max_prompt_chars,
+        long_code=BoundsError.code,
+        error=BoundsError,
+    )
     height = _checked_size("height", settings.height, config.default_size, config.max_height)
     width = _checked_size("width", settings.width, config.default_size, config.max_width)
     steps = settings.num_inference_steps
@@ -81,17 +95,6 @@ def resolve_generation(
         guidance_scale=float(guidance),
         seed=seed,
     )
-
-
-def _checked_text(name: str, text: str | None, limit: int, required: bool = False) -> str | None:
-    cleaned = (text or "").strip()
-    if not cleaned:
-        if required:
-            raise BoundsError(f"{name} is empty; describe the image to generate")
-        return None
-    if len(cleaned) > limit:
-        raise BoundsError(f"{name} has {len(cleaned)} characters; the limit is {limit}")
-    return cleaned
 
 
 def _checked_size(name: str, value: int | None, default: int, largest: int) -> int:

@@ -1,0 +1,184 @@
+"""What every request passes before a route sees it: CORS (closed unless origins are
+configured), a bound on the body's size and on the time a client may take to send it, and the
+ingress's deadline for starting a response.
+
+The limits come from the ingress's :class:`~vlgraph.config.IngressConfig`, known only once
+the replica is built, so :class:`RequestGuards` (installed on the FastAPI app at import) builds
+its stack on the first request from the settings the ingress instance exposes as
+``guard_settings`` (found through Serve's replica context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.http_errors import body_too_large, error_response
+from vlgraph.config import IngressConfig
+from vlgraph.errors import ServiceUnavailableError
+
+#: Headers a browser page on an allowed origin may send, and read back.
+CORS_REQUEST_HEADERS = ("Content-Type", "X-API-Key", "X-Request-ID")
+CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After")
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The limits :class:`RequestGuards` applies to every request."""
+
+    max_body_bytes: int
+    body_timeout_s: float
+    request_timeout_s: float
+    cors_allow_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: IngressConfig) -> GuardSettings:
+        """The guards an ingress configured by ``config`` applies."""
+        return cls(
+            max_body_bytes=config.body_limit(),
+            body_timeout_s=config.body_timeout_s,
+            request_timeout_s=config.deployment.request_timeout_s,
+            cors_allow_origins=config.cors_allow_origins,
+        )
+
+
+def replica_guard_settings() -> GuardSettings:
+    """The settings of the ingress this replica runs (its ``guard_settings`` attribute);
+    the defaults of :class:`IngressConfig` outside Serve."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        servable = serve.get_replica_context().servable_object
+    except RayServeException:
+        servable = None
+    settings = getattr(servable, "guard_settings", None)
+    return settings if settings is not None else GuardSettings.from_config(IngressConfig())
+
+
+class RequestGuards:
+    """ASGI middleware applying :class:`GuardSettings`:
+
+    - a ``Content-Length`` over ``max_body_bytes`` is answered 413 ``body_too_large`` before
+      any byte is read; a body without one is counted as it streams (Starlette's
+      :class:`~starlette.middleware.body_limit.RequestBodyLimitMiddleware`) and refused with
+      the same 413 when it crosses the limit;
+    - the body must arrive within ``body_timeout_s`` of the request's start (408
+      ``body_timeout``): a client trickling bytes cannot hold a connection and a buffer open;
+    - a response must start within ``request_timeout_s`` (503 ``request_timeout`` with
+      ``Retry-After``; the work is cancelled); a stream, once started, is bounded by its
+      model's own request timeout;
+    - CORS answers only for ``cors_allow_origins`` (Starlette's
+      :class:`~starlette.middleware.cors.CORSMiddleware`); with none, no CORS header is ever
+      sent and a preflight is refused like any unknown method.
+    """
+
+    def __init__(
+        self, app: ASGIApp, settings: Callable[[], GuardSettings] = replica_guard_settings
+    ):
+        self.app = app
+        self._settings_source = settings
+        self._settings: GuardSettings | None = None
+        self._stack: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._stack is None:
+            self._settings = self._settings_source()
+            self._stack = self._build(self._settings)
+        assert self._settings is not None
+        declared = _content_length(scope)
+        limit = self._settings.max_body_bytes
+        if declared is not None and declared > limit:
+            refusal = error_response(Request(scope), 413, "body_too_large", body_too_large(limit))
+            await refusal(scope, receive, send)
+            return
+        await self._stack(scope, receive, send)
+
+    def _build(self, settings: GuardSettings) -> ASGIApp:
+        stack: ASGIApp = RequestBodyLimitMiddleware(self.app, settings.max_body_bytes)
+        stack = _Deadlines(stack, settings)
+        if settings.cors_allow_origins:
+            stack = CORSMiddleware(
+                stack,
+                allow_origins=list(settings.cors_allow_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=list(CORS_REQUEST_HEADERS),
+                expose_headers=list(CORS_EXPOSED_HEADERS),
+                max_age=600,
+            )
+        return stack
+
+
+class _Deadlines:
+    """The body deadline (408, raised from ``receive`` as an ``HTTPException`` that FastAPI
+    passes through to the error handlers) and the response deadline (503)."""
+
+    def __init__(self, app: ASGIApp, settings: GuardSettings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        body_deadline = loop.time() + self.settings.body_timeout_s
+        body_done = False
+        started = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done
+            if body_done:  # later receives wait for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive within {self.settings.body_timeout_s:g} "
+                    "s; send it faster or in a smaller request",
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)  # a started stream is bounded by its model's timeout
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s) as deadline:
+                await self.app(scope, receive_in_time, send_tracking)
+        except TimeoutError:
+            if started:
+                raise
+            timeout = ServiceUnavailableError(
+                f"no answer within the {self.settings.request_timeout_s:g} s request timeout; "
+                "retry later",
+                code="request_timeout",
+            )
+            response = error_response(
+                Request(scope),
+                timeout.status,
+                timeout.code,
+                timeout.message,
+                headers={"Retry-After": str(timeout.retry_after_s)},
+            )
+            await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = Headers(scope=scope).get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
