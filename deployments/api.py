@@ -31,12 +31,19 @@ from vlgraph.errors import (
 )
 from vlgraph.images import inspect_image
 
+#: The description is the running service's (deployments.openapi): the ingress serves it at
+#: /openapi.json and /docs itself, with this profile's limits and models.
 api = FastAPI(
     title="vlgraph",
     version=__version__,
     description="Vision-language models served on Ray Serve: captioning (documents 000 and "
-    "001), visual question answering with stored uploads (document 002). Errors share one "
-    'body shape: `{"error": {"code", "message", "request_id"}, "detail"}`.',
+    "001), visual question answering with stored uploads (document 002), CLIP embeddings "
+    "(document 003), image generation and the caption -> generation pipeline (documents 002 "
+    'and 004). Errors share one body shape: `{"error": {"code", "message", "request_id"}, '
+    '"detail"}`; overload and deadlines answer 503 (or 429) with Retry-After.',
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 # Middleware added later wraps what was added before: the request counter sees every final
 # status, the error mapper catches what escapes the guards, the guards run next to the routes.
@@ -159,9 +166,25 @@ def form_or_json_body(schema: dict) -> dict:
     return {
         "requestBody": {
             "required": True,
-            "content": {kind: {"schema": schema} for kind in FORM_OR_JSON},
+            "content": {
+                kind: {"schema": schema if kind == "application/json" else form_fields(schema)}
+                for kind in FORM_OR_JSON
+            },
         }
     }
+
+
+def form_fields(schema: dict) -> dict:
+    """``schema`` (an object's JSON schema) as form fields: a form cannot carry null, so an
+    optional field is left out rather than sent empty."""
+    properties = {}
+    for name, field in schema.get("properties", {}).items():
+        branches = [b for b in field.get("anyOf", []) if b.get("type") != "null"]
+        if len(branches) == 1:
+            field = {k: v for k, v in field.items() if k not in ("anyOf", "default")}
+            field.update(branches[0])
+        properties[name] = field
+    return {**schema, "properties": properties}
 
 
 async def read_form_or_json(request: Request, model: type[Body]) -> Body:
@@ -176,21 +199,21 @@ async def read_form_or_json(request: Request, model: type[Body]) -> Body:
             raise RequestValidationError(
                 [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
             ) from None
-    elif content_type in FORM_OR_JSON:
+        return validated(model, fields, strict=True)  # JSON carries types: no coercion
+    if content_type in FORM_OR_JSON:
         form = await request.form()
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    else:
-        raise UnsupportedMediaTypeError(
-            "send the fields as JSON (application/json) or as a form "
-            f"(application/x-www-form-urlencoded, multipart/form-data); got {content_type!r}"
-        )
-    return validated(model, fields)
+        return validated(model, fields)  # form fields are text: "64" is the number 64
+    raise UnsupportedMediaTypeError(
+        "send the fields as JSON (application/json) or as a form "
+        f"(application/x-www-form-urlencoded, multipart/form-data); got {content_type!r}"
+    )
 
 
-def validated(model: type[Body], fields: object) -> Body:
+def validated(model: type[Body], fields: object, strict: bool = False) -> Body:
     """``fields`` as ``model``; a 422 naming each bad field (``body.<name>``) otherwise."""
     try:
-        return model.model_validate(fields)
+        return model.model_validate(fields, strict=strict)
     except ValidationError as error:
         raise RequestValidationError(
             [{**problem, "loc": ("body", *problem["loc"])} for problem in error.errors()]

@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.api import api
 from deployments.http_errors import error_responses
+from deployments.openapi import MAX_IMAGE_URL_CHARS
 from vlgraph.errors import BadRequestError, PayloadTooLargeError, ServiceError
 from vlgraph.images import inspect_image
 from vlgraph.messages import EncodeRequest
@@ -35,7 +36,8 @@ _NORMALIZE = Field(
 class EncodeTextRequest(BaseModel):
     """One text or a list of texts, in any of the model's 50+ languages."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON body is typed; "0" is not false, "1" is not a number.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str | list[str] = Field(examples=["This is a sample text to encode"])
     normalize: bool = _NORMALIZE
@@ -44,7 +46,18 @@ class EncodeTextRequest(BaseModel):
 class EncodeImageRequest(BaseModel):
     """An image (or a list) by ``image_url`` or by ``image_b64``; exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON body is typed; "0" is not false, "1" is not a number. The description
+    # states the one-of rule the validator below enforces.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                for name in ("image_url", "image_b64")
+            ]
+        },
+    )
 
     image_url: str | list[str] | None = Field(
         None, examples=["https://example.com/path/to/image.jpg"]
@@ -153,6 +166,11 @@ class EmbeddingRoutes:
 
     async def _fetched(self, url: str, index: int | None) -> bytes:
         try:
+            if len(url) > MAX_IMAGE_URL_CHARS:
+                raise BadRequestError(
+                    f"the URL has {len(url)} characters; the limit is {MAX_IMAGE_URL_CHARS}",
+                    code="invalid_url",
+                )
             fetched = await self._fetcher.fetch(url)
             self._check_image(fetched.data)
         except ServiceError as error:

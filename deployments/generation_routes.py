@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.api import (
     api,
     bounded_stream,
+    form_fields,
     form_or_json_body,
     read_form_or_json,
     read_image_form,
@@ -61,7 +62,7 @@ class GeneratedImage(BaseModel):
     height: int
     num_inference_steps: int
     guidance_scale: float
-    nsfw: bool | None = Field(description="The safety checker's verdict; null: none ran.")
+    nsfw: bool | None = Field(None, description="The safety checker's verdict; null: none ran.")
     cache: bool = False
 
 
@@ -85,40 +86,23 @@ class SimilarImageResponse(BaseModel):
     generated: GeneratedImage
 
 
-_GENERATE_SCHEMA = {
-    "type": "object",
-    "required": ["description"],
-    "properties": {
-        "description": {"type": "string"},
-        "height": {"type": "integer"},
-        "width": {"type": "integer"},
-        "num_inference_steps": {"type": "integer"},
-        "guidance_scale": {"type": "number"},
-        "negative_prompt": {"type": "string"},
-        "seed": {"type": "integer"},
-        "model": {"type": "string", "enum": ["sd", "sdxl"]},
-    },
-}
+def _similar_image_form() -> dict[str, Any]:
+    """The multipart body of the similar-image routes: the image and the generation fields."""
+    schema = form_fields(SimilarImageForm.model_json_schema())
+    schema["properties"]["image"] = {
+        "type": "string",
+        "contentMediaType": "application/octet-stream",
+        "description": "JPEG, PNG or WebP, judged by content.",
+    }
+    schema["required"] = [*schema.get("required", []), "image"]
+    return schema
 
+
+_GENERATE_SCHEMA = GenerateBody.model_json_schema()
 _SIMILAR_IMAGE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        **{
-                            key: value
-                            for key, value in _GENERATE_SCHEMA["properties"].items()
-                            if key != "description"
-                        },
-                    },
-                }
-            }
-        },
+        "content": {"multipart/form-data": {"schema": _similar_image_form()}},
     }
 }
 

@@ -60,6 +60,7 @@ _STATUS_TEXT = {
 
 #: Codes of the errors Starlette and the request guards raise as ``HTTPException``.
 _HTTP_ERROR_CODES = {
+    400: "malformed_body",  # FastAPI's and Starlette's: undecodable JSON, broken multipart
     404: "route_not_found",
     405: "method_not_allowed",
     408: "body_timeout",

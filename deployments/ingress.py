@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import httpx
 from fastapi import File, Query, Request, Response, Security, UploadFile
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -26,6 +27,7 @@ from deployments.embedding_routes import EmbeddingRoutes
 from deployments.generation_routes import GenerationRoutes
 from deployments.http_errors import error_responses
 from deployments.http_guards import GuardSettings
+from deployments.openapi import ServiceLimits, service_openapi
 from deployments.question_routes import QuestionRoutes
 from deployments.service_metrics import only_vlgraph_series, ray_metrics_url, service_metrics
 from deployments.web_page import mount_static, page_html, prefers_html
@@ -68,7 +70,8 @@ COLLECTIVE_MODELS: tuple[ModelName, ...] = ("gemma", "intern_vlm")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON body is typed; "0" is not false, "1" is not a number.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CaptionPathRequest(_Body):
@@ -214,6 +217,11 @@ class ResetCacheResponse(BaseModel):
 
 
 _MODEL_QUERY = Query("blip", description="Which model captions: blip, blip2, gemma, intern_vlm.")
+_COLLECTIVE_MODEL_QUERY = Query(
+    None,
+    description="Which model captions the set: gemma or intern_vlm (unset: the first of them "
+    "this profile serves).",
+)
 _CAPTION_PROMPT_QUERY = Query(
     None, description="Conditions the caption: BLIP's text prefix, the VLMs' instruction."
 )
@@ -281,6 +289,7 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         pipeline: DeploymentHandle | None = None,
         random_weights: bool = False,
         timeouts: dict[str, float] | None = None,
+        overload_statuses: tuple[int, ...] = (503,),
     ):
         self._random_weights = random_weights
         self._timeouts = timeouts or {}
@@ -311,6 +320,14 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
         self.guard_settings = GuardSettings.from_config(config)
         self._image_root = config.resolved_image_root()
         self._profile = profile
+        self._limits = ServiceLimits(
+            ingress=config,
+            captioners=tuple(sorted(captioners)),
+            collective=tuple(name for name in COLLECTIVE_MODELS if name in captioners),
+            generators=self._generator_configs,
+            overload_statuses=overload_statuses,
+        )
+        self._openapi: dict | None = None
 
     @api.get(
         "/",
@@ -331,6 +348,28 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
             models=sorted(self._deployment_of),
             reachable=reachable,
             random_weights=self._random_weights,
+        )
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        """This service's OpenAPI description, with its profile's limits and models."""
+        if self._openapi is None:
+            self._openapi = service_openapi(
+                title=api.title,
+                version=api.version,
+                description=api.description,
+                routes=request.app.routes,
+                limits=self._limits,
+                root_path=request.scope.get("root_path", "").rstrip("/"),
+            )
+        return JSONResponse(self._openapi)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI over /openapi.json."""
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root_path}/openapi.json", title=f"{api.title} - Swagger UI"
         )
 
     @api.get(
@@ -434,11 +473,14 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
     async def caption_collective_images(
         self,
         images: list[UploadFile] = _IMAGE_SET_FILE,
-        model: ModelName = _MODEL_QUERY,
+        model: ModelName | None = _COLLECTIVE_MODEL_QUERY,
         caption_prompt: str | None = _CAPTION_PROMPT_QUERY,
         flag_caption_prompt: str | None = _FLAG_PROMPT_QUERY,
     ) -> CollectiveCaptionResponse:
         """Caption the images together; every image must be valid."""
+        if model is None:
+            served = [name for name in COLLECTIVE_MODELS if name in self._captioners]
+            model = served[0] if served else COLLECTIVE_MODELS[0]
         if model not in COLLECTIVE_MODELS:
             raise BadRequestError(
                 f"collective captions need a model that reads several images at once: "

@@ -20,6 +20,7 @@ from deployments.api import (
     read_upload,
 )
 from deployments.http_errors import error_responses
+from deployments.openapi import MAX_HISTORY_OFFSET
 from vlgraph.errors import (
     BadRequestError,
     ItemError,
@@ -33,15 +34,6 @@ from vlgraph.text_inputs import checked_text
 _DEFAULT_HISTORY_PAGE = 20
 
 _IMAGE_FILE = File(description="PNG or JPEG (judged by content), 16 MB at most.")
-
-_QUESTION_BODY_SCHEMA = {
-    "type": "object",
-    "required": ["question", "image_id"],
-    "properties": {
-        "question": {"type": "string", "description": "A question about the image."},
-        "image_id": {"type": "string", "description": "The id POST /upload answered."},
-    },
-}
 
 
 class UploadResponse(BaseModel):
@@ -113,7 +105,7 @@ class QuestionRoutes:
         response_model=QuestionResponse,
         summary="Ask a question about an uploaded image (document 002)",
         responses=error_responses(404, 415, 422, 503),
-        openapi_extra=form_or_json_body(_QUESTION_BODY_SCHEMA),
+        openapi_extra=form_or_json_body(QuestionBody.model_json_schema()),
     )
     async def question(self, request: Request) -> QuestionResponse:
         """Answer ``question`` about the image ``image_id`` (form fields or JSON) and record
@@ -141,7 +133,9 @@ class QuestionRoutes:
     )
     async def history(
         self,
-        offset: int = Query(0, ge=0, description="Images to skip, newest first."),
+        offset: int = Query(
+            0, ge=0, le=MAX_HISTORY_OFFSET, description="Images to skip, newest first."
+        ),
         limit: int | None = Query(
             None, ge=1, description="Images in this page: default 20, at most max_history_page."
         ),

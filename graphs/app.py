@@ -91,6 +91,8 @@ def build_app(args: AppConfig) -> Application:
         update={"image_root": config.ingress.resolved_image_root()}
     )
     store_config = config.store.model_copy(update={"data_dir": config.store.resolved_data_dir()})
+    called = config.called_deployments()
+    deployments = (ingress_config.deployment, *called.values())
     return IngressDeployment.options(**ingress_config.deployment.serve_options()).bind(
         captioners=captioners,
         config=ingress_config,
@@ -109,7 +111,8 @@ def build_app(args: AppConfig) -> Application:
         generator_configs=generator_configs,
         pipeline=pipeline,
         random_weights=bool(config.random_weight_models()),
-        timeouts={
-            name: options.request_timeout_s for name, options in config.called_deployments().items()
-        },
+        overload_statuses=tuple(
+            sorted({options.backpressure_config.status_code for options in deployments})
+        ),
+        timeouts={name: options.request_timeout_s for name, options in called.items()},
     )

@@ -243,3 +243,43 @@ def test_only_tiny_sources_count_as_random_weights() -> None:
     mixed = profile_args("configs/local.yaml")
     mixed["models"]["blip"]["source"] = "tiny:blip-caption"
     assert AppConfig.model_validate(mixed).random_weight_models() == ["blip"]
+
+
+@pytest.mark.parametrize("path", PROFILES)
+def test_every_deployment_has_a_bounded_queue_and_a_request_timeout(path: str) -> None:
+    """Overload is shed, never queued without end, and no call waits forever: each deployment
+    of each profile sets both, Serve receives the queue bound, and Serve's own proxy waits
+    longer than the ingress so that the ingress's answer (503 with Retry-After) comes first."""
+    document = yaml.safe_load((REPO_ROOT / path).read_text())
+    config = AppConfig.model_validate(document["applications"][0]["args"])
+    deployments = {"ingress": config.ingress.deployment, **config.called_deployments()}
+    assert "similar_image" in deployments
+    ingress_timeout = config.ingress.deployment.request_timeout_s
+    for name, options in deployments.items():
+        assert 1 <= options.max_queued_requests <= 4096, name
+        assert 0 < options.request_timeout_s <= ingress_timeout, name
+        serve_options = options.serve_options()
+        assert serve_options["max_queued_requests"] == options.max_queued_requests, name
+        assert "request_timeout_s" not in serve_options, "enforced by vlgraph, not a Serve option"
+    assert document["http_options"]["request_timeout_s"] > ingress_timeout
+
+
+def test_an_unbounded_queue_is_refused() -> None:
+    with pytest.raises(ValidationError, match="max_queued_requests"):
+        AppConfig.model_validate(with_change("models.blip.deployment.max_queued_requests", -1))
+
+
+def test_a_model_may_not_outwait_the_ingress() -> None:
+    args = with_change("models.blip.deployment.request_timeout_s", 500)
+    with pytest.raises(ValidationError, match=r"blip's deployment\.request_timeout_s"):
+        AppConfig.model_validate(args)
+
+
+def test_the_body_limit_holds_the_largest_upload_and_cors_takes_origins_only() -> None:
+    ingress = AppConfig().ingress
+    assert ingress.body_limit() > ingress.max_upload_images * ingress.max_image_bytes
+    with pytest.raises(ValidationError, match="max_body_bytes"):
+        AppConfig.model_validate({"ingress": {"max_body_bytes": 1000, "max_image_bytes": 1000}})
+    for origin in ("*", "evil.example", "ftp://x"):
+        with pytest.raises(ValidationError, match="cors_allow_origins"):
+            AppConfig.model_validate({"ingress": {"cors_allow_origins": [origin]}})

@@ -10,9 +10,9 @@ the image can be made again), and a 422 naming the limit for anything out of bou
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ServiceError
@@ -28,17 +28,28 @@ SIZE_MULTIPLE = 8
 MIN_SIZE = 64
 
 
+def _whole_number(value: object) -> object:
+    # JSON Schema counts 64.0 as an integer; strict validation of a JSON body would not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer as JSON Schema defines one: 64 and 64.0, never "64" in a JSON body.
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class GenerationSettings(BaseModel):
     """Optional settings of one generation; unset ones take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    height: int | None = Field(None, description="Pixels, a multiple of 8.")
-    width: int | None = Field(None, description="Pixels, a multiple of 8.")
-    num_inference_steps: int | None = Field(None, description="Denoising steps.")
+    height: WholeNumber | None = Field(None, description="Pixels, a multiple of 8.")
+    width: WholeNumber | None = Field(None, description="Pixels, a multiple of 8.")
+    num_inference_steps: WholeNumber | None = Field(None, description="Denoising steps.")
     guidance_scale: float | None = Field(None, description="Classifier-free guidance.")
     negative_prompt: str | None = Field(None, description="What the image should not show.")
-    seed: int | None = Field(
+    seed: WholeNumber | None = Field(
         None, description="Same seed, same settings, same prompt: same image. Unset: random."
     )
 

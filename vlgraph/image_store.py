@@ -60,7 +60,9 @@ ORPHAN_AGE_S = 600.0
 
 ImageKind = Literal["upload", "generated"]
 
-_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+#: An image id: a uuid4 in hex.
+IMAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -126,7 +128,7 @@ class StoredImage(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    image_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="uuid4 hex.")
+    image_id: str = Field(pattern=IMAGE_ID_PATTERN, description="uuid4 hex.")
     filename: str | None = Field(None, description="The client's file name, if it sent one.")
     media_type: str = Field(pattern=r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+$", examples=["image/png"])
     caption: str
