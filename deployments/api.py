@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.http_errors import install_error_handlers, transient_service_error
-from deployments.http_guards import RequestGuards
+from deployments.http_guards import RequestGuards, SecurityHeaders
 from deployments.service_metrics import service_metrics
 from vlgraph import __version__
 from vlgraph.errors import (
@@ -46,9 +46,11 @@ api = FastAPI(
     redoc_url=None,
 )
 # Middleware added later wraps what was added before: the request counter sees every final
-# status, the error mapper catches what escapes the guards, the guards run next to the routes.
+# status, every answer gets the security headers, the error mapper catches what escapes the
+# guards, the guards run next to the routes.
 api.add_middleware(RequestGuards)
 install_error_handlers(api)
+api.add_middleware(SecurityHeaders)
 
 
 class RequestCounter:

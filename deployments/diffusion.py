@@ -13,6 +13,10 @@ only on its own seed and prompt.
 
 Streaming: :meth:`DiffusionGenerator.generate_stream` reports each denoising step and then the
 image. A consumer that goes away stops the pipeline at the next step, freeing the model thread.
+
+Deadlines: a caller gives up ``request_timeout_s`` after sending a request (the ingress answers
+503 ``model_timeout``). A batch group whose callers have all given up is skipped, or stopped at
+its next step, so the requests queued behind it are not held up by work nobody waits for.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import asyncio
 import io
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,7 @@ from ray import serve
 import vlgraph.tiny_diffusion  # noqa: F401  (registers the "tiny:sd" and "tiny:sdxl" builders)
 from deployments.service_metrics import service_metrics
 from vlgraph.config import BatchingConfig, DiffusionConfig
-from vlgraph.errors import InferenceError, ItemError, ServiceError
+from vlgraph.errors import InferenceError, ItemError, ServiceError, ServiceUnavailableError
 from vlgraph.messages import GenerationEvent, GenerationRequest, GenerationResult
 from vlgraph.model_source import resolve_model_path
 from vlgraph.model_thread import ModelThread
@@ -54,6 +60,21 @@ class GenerationCancelled(Exception):
     """
 
 
+class GenerationTimedOut(Exception):
+    """Raised inside the pipeline's step callback when every caller of a batch group has given
+    up (each request past the deployment's ``request_timeout_s``): nobody waits for the images,
+    so the model stops at once instead of holding the requests queued behind it."""
+
+
+@dataclass(frozen=True)
+class _Arrived:
+    """A request and when this replica received it (its caller gives up request_timeout_s
+    after sending it, a little earlier)."""
+
+    request: GenerationRequest
+    at: float
+
+
 #: The pipeline's per-step callback: ``(pipeline, step index, timestep, tensors) -> tensors``.
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
@@ -66,6 +87,7 @@ class DiffusionGenerator:
         self.family = config.family
         self._config = config
         self._name = name
+        self._timeout_s = config.deployment.request_timeout_s
         self._model_thread = ModelThread(name)
         self._model_thread.call(self._load, checkpoint_cache_dir)
         self.reconfigure(config.user_config())
@@ -111,12 +133,16 @@ class DiffusionGenerator:
         BatchingConfig.model_validate(user_config.get("batching", {})).apply(self._generate_batch)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Generate one image; concurrent calls are batched together."""
-        return await self._generate_batch(request)
+        """Generate one image; concurrent calls are batched together. A request whose caller
+        has given up (``request_timeout_s`` after it arrived) is not generated, or is stopped
+        at its next step, once every request of its group is in that state."""
+        return await self._generate_batch(_Arrived(request, time.monotonic()))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        return await self._model_thread.run(self._generate_in_groups, requests)
+    async def _generate_batch(self, arrivals: list[_Arrived]) -> list[GenerationResult]:
+        requests = [arrival.request for arrival in arrivals]
+        arrived = [arrival.at for arrival in arrivals]
+        return await self._model_thread.run(self._generate_in_groups, requests, arrived)
 
     def generate_now(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate a list of requests as one batch, waiting for the model thread."""
@@ -190,9 +216,12 @@ class DiffusionGenerator:
         finally:
             publish(None)
 
-    def _generate_in_groups(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def _generate_in_groups(
+        self, requests: list[GenerationRequest], arrived: list[float] | None = None
+    ) -> list[GenerationResult]:
         """Refuse out-of-bounds requests, then one pipeline call per group of requests that
-        share their settings; a call that fails fails its group alone."""
+        share their settings; a call that fails fails its group alone, and a group whose
+        requests all passed their deadline (``arrived`` + request timeout) stops."""
         results: list[GenerationResult | None] = [None] * len(requests)
         groups: dict[Hashable, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -210,7 +239,12 @@ class DiffusionGenerator:
             groups[key].append(index)
         for members in groups.values():
             try:
-                outcomes = self._run([requests[index] for index in members])
+                deadline = None
+                if arrived is not None:
+                    deadline = max(arrived[index] for index in members) + self._timeout_s
+                outcomes = self._run([requests[index] for index in members], deadline=deadline)
+            except GenerationTimedOut:
+                outcomes = [GenerationResult(error=self._timed_out())] * len(members)
             except Exception:
                 logger.exception("%s failed on a group of %d", self._name, len(members))
                 outcomes = [GenerationResult(error=self._failure())] * len(members)
@@ -219,10 +253,16 @@ class DiffusionGenerator:
         return [result for result in results if result is not None]
 
     def _run(
-        self, requests: list[GenerationRequest], on_step_end: StepCallback | None = None
+        self,
+        requests: list[GenerationRequest],
+        on_step_end: StepCallback | None = None,
+        deadline: float | None = None,
     ) -> list[GenerationResult]:
         """One pipeline call for requests that share size, steps, guidance and whether they
-        have a negative prompt."""
+        have a negative prompt; :class:`GenerationTimedOut` once ``deadline`` (monotonic) has
+        passed, before the call or at a step."""
+        if deadline is not None and time.monotonic() > deadline:
+            raise GenerationTimedOut
         first = requests[0]
         generators = [
             self._torch.Generator(device=self._device).manual_seed(request.seed)
@@ -243,7 +283,10 @@ class DiffusionGenerator:
 
         def count_step(pipe: Any, index: int, timestep: Any, tensors: dict) -> dict:
             metrics.count_generation_steps(self._name)
-            return on_step_end(pipe, index, timestep, tensors) if on_step_end else {}
+            changed = on_step_end(pipe, index, timestep, tensors) if on_step_end else {}
+            if deadline is not None and time.monotonic() > deadline:
+                raise GenerationTimedOut
+            return changed
 
         arguments["callback_on_step_end"] = count_step
         output = self._pipe(**arguments)
@@ -283,6 +326,13 @@ class DiffusionGenerator:
             return None
         message = f"{self._name}: " + "; ".join(problems)
         return ServiceError(message, code="generation_out_of_bounds", status=422).as_item_error()
+
+    def _timed_out(self) -> ItemError:
+        return ServiceUnavailableError(
+            f"{self._name} stopped this generation: it passed its {self._timeout_s:g} s request "
+            "timeout; retry later",
+            code="model_timeout",
+        ).as_item_error()
 
     def _failure(self) -> ItemError:
         return InferenceError("the image generation model failed on this request").as_item_error()

@@ -46,15 +46,24 @@ class ErrorResponse(BaseModel):
     detail: str | list[dict[str, Any]] | None = None
 
 
-_STATUS_TEXT = {
-    400: "Malformed input (for example a NUL byte in a path, or a model not served).",
+#: What each error status means, for every route that can answer it.
+ERROR_STATUS_TEXT = {
+    400: "A body that cannot be parsed (malformed JSON or multipart), or input the schema "
+    "cannot express (a NUL byte in a path, a model this profile does not serve, invalid "
+    "base64).",
     401: "The admin API key is missing.",
-    403: "The path is outside the image root, or the admin API key is wrong or not configured.",
-    404: "No file at that path.",
-    413: "Over a size limit: bytes, pixels or images per request.",
-    415: "Not an image of an accepted type (judged by content).",
-    422: "Invalid request body, or an image that cannot be decoded.",
-    503: "Overloaded or a model replica is unavailable; retry after Retry-After.",
+    403: "A path outside the image root, a URL to a forbidden address, or a wrong or "
+    "unconfigured admin key.",
+    404: "No such file, stored image or route.",
+    408: "The request body did not arrive within ingress.body_timeout_s.",
+    413: "Over a size limit: the body, an image's bytes or pixels, images or items per request.",
+    415: "Not an image of an accepted type (judged by content), or a body of another type.",
+    422: "The request does not validate (the message names the field), an undecodable "
+    "image, a text or generation setting past its limit, a URL that cannot be fetched.",
+    429: "Overloaded: this deployment's queue is full; retry after Retry-After.",
+    500: "Internal error; quote the request id.",
+    503: "Overloaded, a deadline passed, or a model replica is unavailable; retry after "
+    "Retry-After.",
 }
 
 
@@ -76,7 +85,8 @@ def body_too_large(limit: int) -> str:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error statuses a route may answer."""
     return {
-        status: {"model": ErrorResponse, "description": _STATUS_TEXT[status]} for status in statuses
+        status: {"model": ErrorResponse, "description": ERROR_STATUS_TEXT[status]}
+        for status in statuses
     }
 
 

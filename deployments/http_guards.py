@@ -1,6 +1,7 @@
 """What every request passes before a route sees it: CORS (closed unless origins are
 configured), a bound on the body's size and on the time a client may take to send it, and the
-ingress's deadline for starting a response.
+ingress's deadline for starting a response; and the security headers every answer carries
+(:class:`SecurityHeaders`).
 
 The limits come from the ingress's :class:`~vlgraph.config.IngressConfig`, known only once
 the replica is built, so :class:`RequestGuards` (installed on the FastAPI app at import) builds
@@ -14,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
@@ -28,6 +29,9 @@ from vlgraph.errors import ServiceUnavailableError
 #: Headers a browser page on an allowed origin may send, and read back.
 CORS_REQUEST_HEADERS = ("Content-Type", "X-API-Key", "X-Request-ID")
 CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After")
+#: Sent with every answer: browsers must take the declared Content-Type as it is, never sniff
+#: an image (a stored upload may be a JPEG with HTML appended) into a page that runs scripts.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class RequestGuards:
       model's own request timeout;
     - CORS answers only for ``cors_allow_origins`` (Starlette's
       :class:`~starlette.middleware.cors.CORSMiddleware`); with none, no CORS header is ever
-      sent and a preflight is refused like any unknown method.
+      sent and a preflight is refused like any unknown method; with some, another origin gets
+      no ``Access-Control-*`` header either and its preflight a 400 ``cors_not_allowed``.
     """
 
     def __init__(
@@ -109,7 +114,7 @@ class RequestGuards:
         stack: ASGIApp = RequestBodyLimitMiddleware(self.app, settings.max_body_bytes)
         stack = _Deadlines(stack, settings)
         if settings.cors_allow_origins:
-            stack = CORSMiddleware(
+            stack = _OriginCORS(
                 stack,
                 allow_origins=list(settings.cors_allow_origins),
                 allow_methods=["GET", "POST"],
@@ -118,6 +123,70 @@ class RequestGuards:
                 max_age=600,
             )
         return stack
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every answer of the app, error
+    answers included (install it outside the error mapper)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+
+class _OriginCORS(CORSMiddleware):
+    """Starlette's CORS for the configured origins, answering nothing CORS to any other:
+    Starlette would still send it ``Access-Control-Expose-Headers`` on a simple request, and
+    refuse its preflight with a plain-text 400 carrying ``Access-Control-Allow-*`` headers.
+    Here another origin gets no ``Access-Control-*`` header, and a refused preflight gets the
+    standard error body (400 ``cors_not_allowed``) naming what was refused."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        preflight = (
+            scope["method"] == "OPTIONS"
+            and "origin" in headers
+            and "access-control-request-method" in headers
+        )
+        if preflight:
+            answer = self.preflight_response(request_headers=headers)
+            if answer.status_code != 200:
+                refused = bytes(answer.body).decode("utf-8", "replace")
+                answer = error_response(
+                    Request(scope),
+                    400,
+                    "cors_not_allowed",
+                    f"{refused}: this API answers cross-origin requests only from "
+                    f"ingress.cors_allow_origins",
+                    headers={"Vary": answer.headers.get("Vary", "Origin")},
+                )
+            await answer(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
+        origin = request_headers.get("Origin")
+        if (
+            message["type"] == "http.response.start"
+            and origin is not None
+            and not self.is_allowed_origin(origin=origin)
+        ):
+            headers = MutableHeaders(scope=message)
+            headers["Vary"] = ", ".join([*headers.getlist("Vary"), "Origin"])
+            await send(message)
+            return
+        await super().send(message, send, request_headers)
 
 
 class _Deadlines:

@@ -22,6 +22,7 @@ from typing import Any
 from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
 
+from deployments.http_errors import ERROR_STATUS_TEXT
 from vlgraph.config import DiffusionConfig, IngressConfig
 from vlgraph.generation_params import MAX_SEED, MIN_SIZE, SIZE_MULTIPLE
 from vlgraph.image_store import IMAGE_ID_PATTERN
@@ -39,26 +40,6 @@ BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 MAX_HISTORY_OFFSET = 2**31 - 1
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
-
-#: What each error status means, for every route that can answer it.
-ERROR_STATUS_TEXT = {
-    400: "A body that cannot be parsed (malformed JSON or multipart), or input the schema "
-    "cannot express (a NUL byte in a path, a model this profile does not serve, invalid "
-    "base64).",
-    401: "The admin API key is missing.",
-    403: "A path outside the image root, a URL to a forbidden address, or a wrong or "
-    "unconfigured admin key.",
-    404: "No such file, stored image or route.",
-    408: "The request body did not arrive within ingress.body_timeout_s.",
-    413: "Over a size limit: the body, an image's bytes or pixels, images or items per request.",
-    415: "Not an image of an accepted type (judged by content), or a body of another type.",
-    422: "The request does not validate (the message names the field), an undecodable "
-    "image, a text or generation setting past its limit, a URL that cannot be fetched.",
-    429: "Overloaded: this deployment's queue is full; retry after Retry-After.",
-    500: "Internal error; quote the request id.",
-    503: "Overloaded, a deadline passed, or a model replica is unavailable; retry after "
-    "Retry-After.",
-}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from deployments.diffusion import (
     GenerationEvent,
     GenerationRequest,
     GenerationResult,
+    GenerationTimedOut,
 )
 from vlgraph.config import DiffusionConfig
 from vlgraph.tiny_checkpoints import ensure_checkpoint
@@ -164,9 +165,11 @@ def test_batch_equals_single_calls(
     group_sizes: list[int] = []
     run = generator._run
 
-    def counting_run(group: list[GenerationRequest], *args: Any) -> list[GenerationResult]:
+    def counting_run(
+        group: list[GenerationRequest], *args: Any, **kwargs: Any
+    ) -> list[GenerationResult]:
         group_sizes.append(len(group))
-        return run(group, *args)
+        return run(group, *args, **kwargs)
 
     monkeypatch.setattr(generator, "_run", counting_run)
     batched = generator.generate_now(requests)
@@ -294,10 +297,12 @@ def test_a_failing_group_fails_alone(
 ) -> None:
     run = generator._run
 
-    def fail_tall_images(group: list[GenerationRequest], *args: Any) -> list[GenerationResult]:
+    def fail_tall_images(
+        group: list[GenerationRequest], *args: Any, **kwargs: Any
+    ) -> list[GenerationResult]:
         if group[0].height == 96:
             raise RuntimeError("out of memory")
-        return run(group, *args)
+        return run(group, *args, **kwargs)
 
     monkeypatch.setattr(generator, "_run", fail_tall_images)
     results = generator.generate_now([_request(), _request(height=96), _request(seed=3)])
@@ -318,3 +323,29 @@ def test_reconfigure_applies_batch_settings(generator: DiffusionGenerator) -> No
     generator.reconfigure({"batching": {"max_batch_size": 3, "batch_wait_timeout_s": 0.2}})
     assert generator._generate_batch._get_max_batch_size() == 3
     assert generator._generate_batch._get_batch_wait_timeout_s() == 0.2
+
+
+def test_work_past_every_callers_deadline_is_skipped_or_stopped(
+    generator: DiffusionGenerator,
+) -> None:
+    """The caller gives up request_timeout_s after sending; a group nobody waits for any more
+    is not generated, and one whose deadline passes while it runs stops at its next step."""
+    timeout = generator._timeout_s
+    [stale] = generator._generate_in_groups([_request()], [time.monotonic() - timeout - 1])
+    assert stale.error is not None
+    assert (stale.error.status, stale.error.code) == (503, "model_timeout")
+    steps = []
+
+    def count(pipe: Any, index: int, timestep: Any, tensors: dict) -> dict:
+        steps.append(index)
+        return {}
+
+    long = _request(steps=MAX_STEPS, height=128, width=128)
+    with pytest.raises(GenerationTimedOut):
+        generator._model_thread.call(generator._run, [long], count, time.monotonic() + 0.05)
+    assert 0 < len(steps) < MAX_STEPS
+    # A fresh request in the same batch keeps the group alive: it is generated.
+    [given_up, awaited] = generator._generate_in_groups(
+        [_request(seed=5), _request(seed=5)], [time.monotonic() - timeout - 1, time.monotonic()]
+    )
+    assert given_up.error is None and awaited.error is None

@@ -92,7 +92,7 @@ def test_different_images_get_different_captions(app: RunningApp) -> None:
         ("escape_link.jpg", 403, "path_outside_image_root"),
         ("red\u0000.jpg", 400, "invalid_path"),
         ("missing.jpg", 404, "image_not_found"),
-        ("nested", 400, "not_a_file"),
+        ("nested", 404, "not_a_file"),
         ("big_file.png", 413, "image_too_large"),
         ("many_pixels.png", 413, "image_too_many_pixels"),
         ("truncated.jpg", 422, "undecodable_image"),

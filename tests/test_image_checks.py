@@ -115,5 +115,6 @@ def test_read_refuses_large_files_and_non_files(root: Path) -> None:
     assert read_image_file(root / "a.jpg", max_bytes=10) == b"x" * 10
     with pytest.raises(PayloadTooLargeError, match="limit is 9"):
         read_image_file(root / "a.jpg", max_bytes=9)
-    with pytest.raises(BadRequestError, match="not a regular file"):
+    with pytest.raises(NotFoundError, match="not a regular file") as folder:
         read_image_file(root, max_bytes=10)
+    assert (folder.value.status, folder.value.code) == (404, "not_a_file")

@@ -5,8 +5,10 @@ chose. :class:`ImageFetcher` checks every hop before it connects: the scheme, th
 ``allowed_domains``, and every address the host resolves to (loopback, private, link-local /
 cloud metadata, CGNAT, multicast, reserved ... are refused unless inside ``allowed_networks``).
 It then connects to the address it checked, not to a second resolution of the name, so a DNS
-answer that changes between check and connect cannot redirect it. Every refusal is a 4xx
-:class:`~vlgraph.errors.ServiceError` whose message says why.
+answer that changes between check and connect cannot redirect it. Bodies are read as sent:
+a compressed one (``Content-Encoding``, although the request asks for ``identity``) is refused
+rather than inflated, so a small gzip bomb cannot expand in memory before the byte limit is
+counted. Every refusal is a 4xx :class:`~vlgraph.errors.ServiceError` whose message says why.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _MAX_URL_IN_MESSAGE = 200
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")  # after IDNA encoding; IP literals are parsed apart
+_MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,18 @@ def _timed_out(message: str) -> ServiceError:
     return ServiceError(message, code="url_timeout", status=422)
 
 
+class _HandRedirectClient(httpx.AsyncClient):
+    """An httpx client that never parses a redirect's ``Location`` itself. httpx builds the
+    next request of every 3xx even with ``follow_redirects=False``, and a malformed Location
+    (an invalid IDNA label such as ``xn--``) then raises out of it unhandled; the fetcher
+    follows redirects by hand, so the Location is judged there, like any URL."""
+
+    def _build_redirect_request(
+        self, request: httpx.Request, response: httpx.Response
+    ) -> httpx.Request:
+        return request
+
+
 class ImageFetcher:
     """Fetches ``http``/``https`` URLs under the rules of an :class:`ImageFetchConfig`.
 
@@ -142,7 +157,7 @@ class ImageFetcher:
         self._max_bytes = max_bytes
         self._resolve = resolver or default_resolver
         self._domains = tuple(_normalize_domain(domain) for domain in config.allowed_domains)
-        self._client = httpx.AsyncClient(
+        self._client = _HandRedirectClient(
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
@@ -231,12 +246,15 @@ class ImageFetcher:
         except httpx.HTTPError as error:
             detail = str(error) or type(error).__name__
             raise _fetch_failed(f"could not fetch {where}: {detail}") from None
+        except UnicodeError as error:  # a header httpx could not decode
+            raise _fetch_failed(f"could not read the answer of {where}: {error}") from None
 
     def _checked_url(self, url: str | httpx.URL, where: str) -> httpx.URL:
         """Rule 1: an absolute http(s) URL with a host and no credentials."""
         try:
             parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as error:
+            host_name = parsed.host  # decoding an invalid IDNA label ("xn--") raises here
+        except (httpx.InvalidURL, TypeError, UnicodeError, ValueError) as error:
             raise BadRequestError(
                 f"{where} is not a valid URL: {error}", code="invalid_url"
             ) from None
@@ -247,7 +265,7 @@ class ImageFetcher:
                 f"{where} has scheme {parsed.scheme!r}; only http and https URLs can be fetched",
                 code="unsupported_url_scheme",
             )
-        if not parsed.host:
+        if not host_name:
             raise BadRequestError(f"{where} has no host", code="invalid_url")
         host = parsed.raw_host.decode("ascii")
         if _ip_literal(host) is None and not _HOSTNAME.fullmatch(host):
@@ -257,13 +275,17 @@ class ImageFetcher:
                 f"{where} contains credentials (user:password@); they are not allowed",
                 code="invalid_url",
             )
+        if parsed.port is not None and not 1 <= parsed.port <= _MAX_PORT:
+            raise BadRequestError(
+                f"{where} has port {parsed.port}; ports are 1 to {_MAX_PORT}", code="invalid_url"
+            )
         return parsed
 
     def _redirect_target(self, current: httpx.URL, location: str) -> httpx.URL:
         where = f"the redirect to {_shorten(location)}"
         try:
             target = current.join(location)
-        except httpx.InvalidURL as error:
+        except (httpx.InvalidURL, UnicodeError, ValueError) as error:
             raise BadRequestError(
                 f"{where} is not a valid URL: {error}", code="invalid_url"
             ) from None
@@ -347,13 +369,27 @@ class ImageFetcher:
         }
 
     async def _read_body(self, response: httpx.Response) -> bytes:
-        """Rule 7: refuse early on Content-Length, and stop reading past ``max_bytes``."""
+        """Rule 7: refuse early on Content-Length, and stop reading past ``max_bytes``.
+
+        The body is read raw: httpx would inflate a ``Content-Encoding`` (gzip, deflate,
+        br, zstd, even stacked ones) a whole network chunk at a time, so one 64 KiB chunk of
+        a nested gzip bomb could become gigabytes before a byte of it is counted."""
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise self._too_large(f"its Content-Length is {declared} bytes")
+        encodings = [
+            token.strip().lower()
+            for value in response.headers.get_list("Content-Encoding")
+            for token in value.split(",")
+        ]
+        if any(token not in ("", "identity") for token in encodings):
+            raise _fetch_failed(
+                f"the server sent a compressed body (Content-Encoding: {', '.join(encodings)}) "
+                "although the request asked for identity; compressed bodies are not inflated"
+            )
         chunks: list[bytes] = []
         received = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             received += len(chunk)
             if received > self._max_bytes:
                 raise self._too_large("the body passed it while streaming")
