@@ -122,6 +122,18 @@ def test_collective_caption_for_multi_image_models(app: RunningApp, model: str) 
     assert two["count"] == 2
 
 
+def test_collective_caption_without_a_model_uses_the_first_multi_image_model(
+    app: RunningApp,
+) -> None:
+    """Document 001's default model (blip) cannot caption a set: without ``model`` the set
+    goes to the first multi-image model the profile serves (gemma), not to an error."""
+    files = [upload(f"d{i}.jpg", jpeg_bytes(noise_image(45 + i))) for i in range(2)]
+    default = post(app, "/api/caption-collective-images", files)
+    assert default.status_code == 200, default.text
+    gemma = post(app, "/api/caption-collective-images", files, model="gemma")
+    assert default.json() == gemma.json()
+
+
 @pytest.mark.parametrize("model", ["blip", "blip2"])
 def test_collective_caption_is_refused_for_single_image_models(app: RunningApp, model: str) -> None:
     files = [upload(f"c{i}.jpg", jpeg_bytes(noise_image(40 + i))) for i in range(2)]
