@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -38,7 +39,6 @@ TEST_MAX_ENCODE_ITEMS = 6
 TEST_MAX_STEPS = 200
 TEST_MAX_IMAGE_SIDE = 128
 TEST_ADMIN_KEY = "test-admin-key"
-TEST_BODY_TIMEOUT_S = 3.0
 #: The loopback address the tests' own image servers bind; the only one the app may fetch from.
 TEST_IMAGE_HOST = "127.0.0.2"
 
@@ -152,7 +152,6 @@ def make_test_config(
                 "max_history_page": TEST_MAX_HISTORY_PAGE,
                 "max_text_chars": TEST_MAX_TEXT_CHARS,
                 "max_encode_items": TEST_MAX_ENCODE_ITEMS,
-                "body_timeout_s": TEST_BODY_TIMEOUT_S,
                 "deployment": {
                     "max_ongoing_requests": 64,
                     "request_timeout_s": 120,
@@ -335,6 +334,17 @@ class RedisServer:
             self._process.kill()
             self._process.wait()
             self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung server. The kernel still accepts connections on its port, but
+        nothing answers until :meth:`resume`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`: the server answers again, its data intact."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the server (without ``aof_folder`` its data is gone)."""
