@@ -166,8 +166,11 @@ def test_excess_is_shed_fast_with_retry_after_and_accepted_latency_stays_bounded
         accepted_p99 = percentile(accepted, 0.99)
         # Refused at once: the queue is full, nothing waits.
         assert shed_p99 < 1.0, shed_p99
-        # At most the request running ahead of it, plus the machine's noise.
-        assert accepted_p99 < CAPACITY * 3 * alone[route] + 1.0, (accepted_p99, alone[route])
+        # The model was busy throughout, so this is its time per request under this load. An
+        # accepted request waits for at most the capacity ahead of it (plus two for the
+        # machine's noise); with an unbounded queue it would wait for every client's request.
+        service_s = LOAD_SECONDS / len(accepted)
+        assert accepted_p99 < (CAPACITY + 2) * service_s + 0.5, (accepted_p99, service_s)
         figures[route.lstrip("/")] = {
             "offered_clients": CLIENTS_PER_ROUTE,
             "capacity": CAPACITY,
@@ -177,6 +180,8 @@ def test_excess_is_shed_fast_with_retry_after_and_accepted_latency_stays_bounded
             "shed_status": refusal,
             "other_errors": 0,
             "alone_p50_s": round(alone[route], 3),
+            "service_under_load_s": round(service_s, 3),
+            "unbounded_queue_wait_estimate_s": round(CLIENTS_PER_ROUTE * service_s, 3),
             "accepted_p50_s": round(statistics.median(accepted), 3),
             "accepted_p99_s": round(accepted_p99, 3),
             "shed_p50_s": round(statistics.median(outcome.seconds for outcome in shed), 3),
