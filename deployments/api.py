@@ -97,26 +97,16 @@ async def call_model(call, timeout_s: float | None = None):
     try:
         async with asyncio.timeout(timeout_s):
             return await call
-    except TimeoutError:
-        cancel = getattr(call, "cancel", None)
-        if cancel is not None:
-            cancel()
-        raise ServiceUnavailableError(
-            f"the model did not answer within its {timeout_s:g} s request timeout; retry later",
-            code="model_timeout",
-        ) from None
     except Exception as error:
-        transient = transient_service_error(error)
-        if transient is None:
-            raise
-        raise transient from None
+        if isinstance(error, TimeoutError) and hasattr(call, "cancel"):
+            call.cancel()
+        raise _model_call_error(error, timeout_s) from None
 
 
 async def bounded_stream(events, timeout_s: float | None = None) -> AsyncIterator:
     """The items of a streamed handle call, all within ``timeout_s`` (the callee's request
-    timeout: past it the call is cancelled and a 503 ``model_timeout`` is raised); Serve's
-    overload and dead-replica errors become a typed 503, as in :func:`call_model`. The
-    deadline guards each wait for the next item, never the consumer's own work."""
+    timeout), with the errors of :func:`call_model`. The deadline guards each wait for the
+    next item, never the consumer's own work."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
     try:
@@ -126,20 +116,22 @@ async def bounded_stream(events, timeout_s: float | None = None) -> AsyncIterato
                     item = await anext(events)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                raise ServiceUnavailableError(
-                    f"the model did not finish within its {timeout_s:g} s request timeout; "
-                    "retry later",
-                    code="model_timeout",
-                ) from None
             except Exception as error:
-                transient = transient_service_error(error)
-                if transient is None:
-                    raise
-                raise transient from None
+                raise _model_call_error(error, timeout_s) from None
             yield item
     finally:
         events.cancel()  # a consumer that left, or a deadline, stops the model's work too
+
+
+def _model_call_error(error: Exception, timeout_s: float | None) -> Exception:
+    """What a failed model call means to the client: a deadline passed or Serve's overload
+    or dead replica (a typed 503), else the error itself."""
+    if isinstance(error, TimeoutError):
+        return ServiceUnavailableError(
+            f"the model did not answer within its {timeout_s:g} s request timeout; retry later",
+            code="model_timeout",
+        )
+    return transient_service_error(error) or error
 
 
 async def timed_model_call(model: str, *calls, timeout_s: float | None = None):

@@ -7,14 +7,17 @@ the ``serve run`` command line as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -211,6 +214,18 @@ def make_test_config(
             },
         }
     )
+
+
+@contextlib.contextmanager
+def serving_on_image_host(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A test HTTP server on :data:`TEST_IMAGE_HOST`, the one address the test profile lets
+    the app fetch from; yields its base URL."""
+    server = ThreadingHTTPServer((TEST_IMAGE_HOST, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{TEST_IMAGE_HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
 def free_port() -> int:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,13 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from tests.conftest import (
-    TEST_IMAGE_HOST,
     TEST_MAX_ENCODE_ITEMS,
     TEST_MAX_IMAGE_BYTES,
     TEST_MAX_TEXT_CHARS,
     RunningApp,
     jpeg_bytes,
     noise_image,
+    serving_on_image_host,
 )
 from vlgraph.images import decode_image
 from vlgraph.tiny_checkpoints import ensure_checkpoint
@@ -63,10 +62,8 @@ class _ImageServer(BaseHTTPRequestHandler):
 def image_host() -> Iterator[str]:
     """A local HTTP server with the test images; reachable only because the test config
     exempts its address (``image_fetch.allowed_networks``)."""
-    server = ThreadingHTTPServer((TEST_IMAGE_HOST, 0), _ImageServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{TEST_IMAGE_HOST}:{server.server_address[1]}"
-    server.shutdown()
+    with serving_on_image_host(_ImageServer) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

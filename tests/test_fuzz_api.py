@@ -16,15 +16,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TEST_ADMIN_KEY, TEST_IMAGE_HOST, RunningApp
+from tests.conftest import (
+    REPO_ROOT,
+    TEST_ADMIN_KEY,
+    RunningApp,
+    serving_on_image_host,
+)
 from tests.fuzz_hooks import image_for_url_path
 from tests.guarantees import record_figures
 
@@ -56,10 +60,8 @@ class _FuzzImages(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def fuzz_image_host() -> Iterator[str]:
     """The image server whose URLs the fuzzer sends as valid ``image_url`` values."""
-    server = ThreadingHTTPServer((TEST_IMAGE_HOST, 0), _FuzzImages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{TEST_IMAGE_HOST}:{server.server_address[1]}"
-    server.shutdown()
+    with serving_on_image_host(_FuzzImages) as url:
+        yield url
 
 
 def test_every_operation_passes_every_schemathesis_check(

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
 
 from graphs.app import build_app
-from tests.conftest import TEST_IMAGE_HOST, make_test_config, wait_until_healthy
+from tests.conftest import (
+    make_test_config,
+    serving_on_image_host,
+    wait_until_healthy,
+)
 from tests.guarantees import record_figures
 from vlgraph.config import AppConfig
 
@@ -210,10 +213,8 @@ class _TricklingImage(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def trickling_host() -> Iterator[str]:
     """An image server that sends a byte a second."""
-    server = ThreadingHTTPServer((TEST_IMAGE_HOST, 0), _TricklingImage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{TEST_IMAGE_HOST}:{server.server_address[1]}"
-    server.shutdown()
+    with serving_on_image_host(_TricklingImage) as url:
+        yield url
 
 
 def assert_deadline(response: httpx.Response, code: str, seconds: float, limit: float) -> None:
