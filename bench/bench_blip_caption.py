@@ -119,7 +119,7 @@ def serve_app(config: AppConfig) -> str:
 
     from graphs.app import build_app
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
     serve.run(build_app(config), name="vlgraph", route_prefix="/")
     return "http://127.0.0.1:8011"

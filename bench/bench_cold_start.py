@@ -74,7 +74,7 @@ def main() -> None:
     cache_dir = Path(args.cache_dir).resolve()
     # Logical CPUs as the test session declares them, so that the small CPU shares below fit
     # beside a full-size replica on a 2-core machine.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8012})
     image = jpeg(448 if args.size == "full" else 96)
     for model in args.models:

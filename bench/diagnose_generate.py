@@ -35,7 +35,7 @@ def main() -> None:
 
         from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
 
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         remote = ray.remote(num_cpus=1, runtime_env={"env_vars": CPU_ALLOCATOR_ENV})(measure)
         print(ray.get(remote.remote(args, "main")).replace("main:", "ray actor:", 1))
         ray.shutdown()

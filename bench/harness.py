@@ -141,12 +141,23 @@ class ServedApp:
 
         # Ray's processes read Serve's mode from the environment they start with.
         os.environ.update(ServeMode(mode=mode).environment())
+        if mode == "throughput":
+            # HAProxy's stats and metrics ports are fixed by default: a second Serve in this
+            # mode on the machine (another run, a test) would make ours fail to start.
+            for variable in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+                os.environ.setdefault(variable, str(free_port()))
         self.mode = mode
         self.port = free_port()
         # Logical CPUs only schedule replicas; the profile's shares (ingress 0.25, a model 1,
         # a second model 1) may add up past a 2-core machine's count, which would leave a
         # replica pending forever. Torch threads are set per model, not from this.
-        ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        # ``local``: always a new instance of our own, never one a ``ray start`` left running.
+        ray.init(
+            address="local",
+            num_cpus=max(8, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -156,6 +167,42 @@ class ServedApp:
 
         serve.run(application, name=name, route_prefix="/")
         return self.url
+
+    def start_many(self, applications: dict[str, tuple[Any, str]]) -> dict[str, str]:
+        """Start deploying several applications at once, by name: (application, route
+        prefix) each, without waiting for them (:meth:`wait_running`). Their base URLs."""
+        from ray import serve
+
+        serve.run_many(
+            [
+                serve.RunTarget(target=application, name=name, route_prefix=prefix)
+                for name, (application, prefix) in applications.items()
+            ],
+            wait_for_ingress_deployment_creation=False,
+            wait_for_applications_running=False,
+        )
+        return {name: self.url + prefix.rstrip("/") for name, (_, prefix) in applications.items()}
+
+    @staticmethod
+    def wait_running(names: list[str], timeout_s: float = 900) -> None:
+        """Wait until every application in ``names`` is running; raise if one fails."""
+        from ray import serve
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            applications = serve.status().applications
+            pending = []
+            for name in names:
+                status = applications.get(name)
+                if status is not None and status.status == "DEPLOY_FAILED":
+                    raise RuntimeError(f"application {name} failed to deploy: {status.message}")
+                if status is None or status.status != "RUNNING":
+                    pending.append(name)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not running after {timeout_s} s: {pending}")
+            time.sleep(0.5)
 
     @staticmethod
     def replica_processes(name: str) -> dict[int, str]:
@@ -196,12 +243,33 @@ def naive_server(
     the model on each request as it comes, one at a time, no batching (what documents 000
     and 001 do), from ``checkpoints`` (one per model of the path, in its order). Yields its
     URL and pid; stopped at the end."""
+    arguments = [path_name, *(str(checkpoint) for checkpoint in checkpoints)]
+    with _naive_process(arguments, threads) as (url, pid):
+        yield url, pid
+
+
+@contextmanager
+def naive_servers(
+    checkpoints: dict[str, list[Path]], threads: int
+) -> Iterator[tuple[dict[str, str], int]]:
+    """:func:`naive_server` for several paths in one process (the smoke run: one start, one
+    set of imports), each path's routes under ``/PATH``, from its checkpoints in
+    ``checkpoints`` (by path name). Yields each path's base URL, by name, and the pid."""
+    arguments = []
+    for name, paths in checkpoints.items():
+        arguments += ["--mount", name, *(str(checkpoint) for checkpoint in paths)]
+    with _naive_process(arguments, threads) as (url, pid):
+        yield {name: f"{url}/{name}" for name in checkpoints}, pid
+
+
+@contextmanager
+def _naive_process(arguments: list[str], threads: int) -> Iterator[tuple[str, int]]:
+    """``bench/naive_server.py ARGUMENTS`` on a free port until it answers ``/ready``."""
     port = free_port()
     command = [
         sys.executable,
         str(REPO_ROOT / "bench" / "naive_server.py"),
-        path_name,
-        *(str(checkpoint) for checkpoint in checkpoints),
+        *arguments,
         "--port",
         str(port),
         "--threads",

@@ -2,11 +2,14 @@
 request handler, one request at a time, no batching, as documents 000 and 001 serve.
 
     python bench/naive_server.py PATH CHECKPOINT [CHECKPOINT ...] --port 8123 [--threads 2]
+    python bench/naive_server.py --mount PATH CHECKPOINT ... [--mount PATH CHECKPOINT ...] ...
 
 It answers the same route and body as the served app for ``PATH`` (see ``bench/paths.py``), so
 the benchmark drives both with the same requests; ``GET /ready`` answers once loaded. One
 checkpoint per model of the path, in the order of its ``checkpoints``; the models run with
 the settings the served app gives them (generation lengths, guidance, safety checker).
+With ``--mount`` (the smoke run), one process serves several paths, each path's routes under
+``/PATH`` (still one request at a time, in the one event loop).
 """
 
 from __future__ import annotations
@@ -201,20 +204,42 @@ def similar_image(app: FastAPI, blip_checkpoint: Path, sd_checkpoint: Path) -> N
 
 
 def main() -> None:
+    """Load the models of the path (or of every ``--mount``) and serve until stopped."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", choices=sorted(NAIVE_ROUTES))
-    parser.add_argument("checkpoints", type=Path, nargs="+", help="one per model of the path")
+    parser.add_argument("path", nargs="?", choices=sorted(NAIVE_ROUTES))
+    parser.add_argument("checkpoints", type=Path, nargs="*", help="one per model of the path")
+    parser.add_argument(
+        "--mount",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="PATH CHECKPOINT",
+        help="serve PATH's routes under /PATH, from its checkpoints (repeatable)",
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if (args.path is None) == (not args.mount):
+        parser.error("give either PATH CHECKPOINT ... or --mount PATH CHECKPOINT ...")
+    mounts = [(args.path, args.checkpoints)] if args.path else []
+    mounts += [(name, [Path(c) for c in checkpoints]) for name, *checkpoints in args.mount]
+    for name, checkpoints in mounts:
+        if name not in NAIVE_ROUTES:
+            parser.error(f"unknown path {name!r}: one of {sorted(NAIVE_ROUTES)}")
+        if len(checkpoints) != len(PATHS[name].checkpoints):
+            parser.error(f"{name} takes {len(PATHS[name].checkpoints)} checkpoints")
 
     import torch
 
     torch.set_num_threads(args.threads)
     app = FastAPI()
-    if len(args.checkpoints) != len(PATHS[args.path].checkpoints):
-        parser.error(f"{args.path} takes {len(PATHS[args.path].checkpoints)} checkpoints")
-    NAIVE_ROUTES[args.path](app, *args.checkpoints)
+    if args.path:
+        NAIVE_ROUTES[args.path](app, *args.checkpoints)
+    else:
+        for name, checkpoints in mounts:
+            routes = FastAPI()
+            NAIVE_ROUTES[name](routes, *checkpoints)
+            app.mount(f"/{name}", routes)
 
     @app.get("/ready")
     async def ready() -> dict:

@@ -32,6 +32,10 @@ from bench.harness import REPO_ROOT, Request
 
 PROFILE = REPO_ROOT / "configs" / "local.yaml"
 
+#: Every generated image: side in pixels and denoising steps.
+IMAGE_SIDE = 256
+IMAGE_STEPS = 10
+
 
 @dataclass(frozen=True)
 class BenchInputs:
@@ -39,6 +43,10 @@ class BenchInputs:
 
     items: list[Any]
     folder: Path
+    #: Side in pixels and denoising steps of every image generated from these inputs (the
+    #: raw model, the naive server and the served app alike).
+    image_side: int = IMAGE_SIDE
+    image_steps: int = IMAGE_STEPS
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,6 @@ VQA_TOKENS = {"max_new_tokens": 10, "min_new_tokens": 10}
 VLM_TOKENS = {"max_new_tokens": 16, "min_new_tokens": 16}
 #: One replica from the start instead of autoscaling from zero: it is up before timing.
 ONE_REPLICA = {"deployment": {"num_replicas": 1, "autoscaling_config": None}}
-#: Every generated image: side in pixels and denoising steps.
-IMAGE_SIDE = 256
-IMAGE_STEPS = 10
 #: One question for every image: one token length, so every batch is one group.
 QUESTION = "what is in the picture?"
 #: The pipeline's stages are timed on this many images (at concurrency 1).
@@ -228,7 +233,8 @@ def raw_diffusion(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int)
 
     def run(rows: list[tuple[int, str]]) -> list[bytes]:
         seeds, prompts = zip(*rows, strict=True)
-        return generate(list(prompts), list(seeds), IMAGE_SIDE, IMAGE_SIDE, IMAGE_STEPS)
+        side = inputs.image_side
+        return generate(list(prompts), list(seeds), side, side, inputs.image_steps)
 
     return _timed_batches(seeded, batch, run)
 
@@ -404,7 +410,7 @@ def upload_images(url: str, inputs: BenchInputs) -> BenchInputs:
             files = {"image": (f"{index}.jpg", item.image, "image/jpeg")}
             answer = client.post("/upload", files=files).raise_for_status().json()
             uploaded.append(dataclasses.replace(item, image_id=answer["image_id"]))
-    return BenchInputs(uploaded, inputs.folder)
+    return dataclasses.replace(inputs, items=uploaded)
 
 
 def question_request(inputs: BenchInputs, index: int) -> Request:
@@ -414,13 +420,13 @@ def question_request(inputs: BenchInputs, index: int) -> Request:
     )
 
 
-def generation_fields(seed: int) -> dict[str, Any]:
+def generation_fields(inputs: BenchInputs, seed: int) -> dict[str, Any]:
     """The generation settings every diffusion request sends (the model's defaults else)."""
     return {
         "model": "sd",
-        "width": IMAGE_SIDE,
-        "height": IMAGE_SIDE,
-        "num_inference_steps": IMAGE_STEPS,
+        "width": inputs.image_side,
+        "height": inputs.image_side,
+        "num_inference_steps": inputs.image_steps,
         "seed": seed,
     }
 
@@ -428,13 +434,15 @@ def generation_fields(seed: int) -> dict[str, Any]:
 def generate_request(inputs: BenchInputs, index: int) -> Request:
     description = inputs.items[index % len(inputs.items)]
     return Request(
-        "POST", "/generate", {"json": {"description": description, **generation_fields(index)}}
+        "POST",
+        "/generate",
+        {"json": {"description": description, **generation_fields(inputs, index)}},
     )
 
 
 def similar_image_request(inputs: BenchInputs, index: int) -> Request:
     data = inputs.items[index % len(inputs.items)]
-    fields = {key: str(value) for key, value in generation_fields(index).items()}
+    fields = {key: str(value) for key, value in generation_fields(inputs, index).items()}
     return Request(
         "POST",
         "/api/similar-image",
@@ -462,7 +470,7 @@ def pipeline_stages(url: str, inputs: BenchInputs) -> dict[str, Any]:
             answer = _timed(client, caption_upload_request(inputs, index), timings["caption"])
             body = {"description": caption_prompt(answer["results"][0]["caption"])}
             generation = Request(
-                "POST", "/generate", {"json": {**body, **generation_fields(index)}}
+                "POST", "/generate", {"json": {**body, **generation_fields(inputs, index)}}
             )
             _timed(client, generation, timings["generate"])
             _timed(client, similar_image_request(inputs, index), timings["pipeline"])
@@ -628,20 +636,60 @@ def bench_app_config(
     """The local profile with only this path's models, each on its benchmark checkpoint with
     the path's overrides and ``threads`` torch threads (``None``: torch's choice); the other
     models off; the path's cache setting."""
+    return shared_app_config([path], checkpoints, folder, threads)
+
+
+def can_share_app(first: BenchPath, second: BenchPath) -> bool:
+    """Whether one served app can carry both paths as each alone would: the same cache, and
+    every model both serve on the same checkpoint family with the same overrides."""
+    return first.cache == second.cache and all(
+        first.checkpoints[key] == second.checkpoints[key]
+        and first.overrides.get(key) == second.overrides.get(key)
+        for key in first.checkpoints.keys() & second.checkpoints.keys()
+    )
+
+
+def shared_apps(paths: list[BenchPath]) -> list[list[BenchPath]]:
+    """``paths`` in groups that can each be one served app (:func:`can_share_app` for every
+    pair), in order: each path joins the first group it fits."""
+    groups: list[list[BenchPath]] = []
+    for path in paths:
+        group = next((g for g in groups if all(can_share_app(path, p) for p in g)), None)
+        if group is None:
+            groups.append([path])
+        else:
+            group.append(path)
+    return groups
+
+
+def shared_app_config(
+    paths: list[BenchPath],
+    checkpoints: dict[str, Path],
+    folder: Path,
+    threads: int | None = None,
+) -> Any:
+    """:func:`bench_app_config` for the models of every path in ``paths`` at once (they must
+    share an app, :func:`can_share_app`): the local profile with only their models, each on
+    its checkpoint in ``checkpoints`` (by profile key) with its path's overrides."""
     from vlgraph.config import TOP_LEVEL_MODELS, AppConfig
 
+    for index, path in enumerate(paths):
+        for other in paths[:index]:
+            if not can_share_app(path, other):
+                raise ValueError(f"{path.name} and {other.name} cannot share one served app")
+        unknown = set(path.overrides) - set(path.checkpoints)
+        if unknown:
+            raise ValueError(f"{path.name}: overrides of models it does not serve: {unknown}")
+    overrides = {key: path.overrides.get(key, {}) for path in paths for key in path.checkpoints}
     args = local_profile_args()
-    kept = {key: profile_block(args, key) for key in path.checkpoints}
-    unknown = set(path.overrides) - set(kept)
-    if unknown:
-        raise ValueError(f"{path.name}: overrides of models it does not serve: {unknown}")
+    kept = {key: profile_block(args, key) for key in overrides}
     for name in args["models"]:
         args["models"][name] = None
     for name in TOP_LEVEL_MODELS:
         args[name] = None
     for key, block in kept.items():
         block = {
-            **merged(block, path.overrides.get(key, {})),
+            **merged(block, overrides[key]),
             "source": str(checkpoints[key]),
             "torch_threads": threads,
         }
@@ -656,7 +704,7 @@ def bench_app_config(
         }
     args.update(
         profile="bench",
-        cache={"backend": path.cache},
+        cache={"backend": paths[0].cache},
         store={"backend": "sqlite", "data_dir": str(folder / "data")},
         ingress={**args["ingress"], "image_root": str(folder)},
     )

@@ -9,7 +9,13 @@ import pytest
 
 from bench.bench_blip_caption import bench_config
 from bench.gpu_figures import gpu_profile
-from bench.paths import PATHS, bench_app_config
+from bench.paths import (
+    PATHS,
+    bench_app_config,
+    model_config,
+    shared_app_config,
+    shared_apps,
+)
 from graphs.app import build_app
 from tests.conftest import REPO_ROOT, release_ray
 from vlgraph.config import AppConfig
@@ -37,7 +43,9 @@ def test_every_benchmark_path_runs_on_tiny_checkpoints(
 ) -> None:
     """``python bench/run.py all --smoke``: every path's raw model, naive server and served
     app answer on tiny checkpoints, and each writes its JSON report (benchmarks cannot rot).
-    A ``cli`` test: the command starts its own local Ray, after the session's is released."""
+    A ``cli`` test: the command starts its own local Ray, after the session's is released.
+    About two minutes on a quiet 2-core machine: one naive server process and one Ray for
+    every path, the served paths in two apps deployed at once, small images."""
     release_ray()
     command = [
         sys.executable,
@@ -61,6 +69,32 @@ def test_every_benchmark_path_runs_on_tiny_checkpoints(
         assert all(level["errors"] == 0 for level in report["naive"])
         assert report["memory_mib"]["replicas"], report["memory_mib"]
         assert f"== {name}" in finished.stdout
+
+
+def test_the_smoke_run_shares_an_app_only_where_each_path_keeps_its_settings(
+    checkpoint_cache: Path, tmp_path: Path
+) -> None:
+    """The smoke run serves the paths in as few apps as it can: a path joins an app only
+    when the app gives each of its models exactly the settings the path's own app would, and
+    has its cache. The cache hit path needs the cache that the others must not have."""
+    groups = shared_apps(list(PATHS.values()))
+    assert [[path.name for path in group] for group in groups] == [
+        [name for name in PATHS if name != "cache_hit"],
+        ["cache_hit"],
+    ]
+    for group in groups:
+        checkpoints = {
+            key: ensure_checkpoint(family, checkpoint_cache, "tiny")
+            for path in group
+            for key, family in path.checkpoints.items()
+        }
+        shared = shared_app_config(group, checkpoints, tmp_path, 2)
+        for path in group:
+            alone = bench_app_config(path, checkpoints, tmp_path, 2)
+            for key in path.checkpoints:
+                assert model_config(shared, key) == model_config(alone, key), (path.name, key)
+            assert shared.cache == alone.cache
+        build_app(shared)
 
 
 @pytest.mark.parametrize("name", sorted(PATHS))
