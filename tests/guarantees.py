@@ -4,6 +4,7 @@ survived), written where the README's "Guarantees" section and a reader can find
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,3 +27,9 @@ def record_figures(suite: str, command: str, **figures: Any) -> dict[str, Any]:
     (folder / f"{suite}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"[guarantees] {json.dumps(report, sort_keys=True)}")
     return report
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` of 1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]

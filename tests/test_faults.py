@@ -11,7 +11,6 @@ session's Ray, filtered by app name, and are checked against their process title
 from __future__ import annotations
 
 import io
-import math
 import os
 import signal
 import threading
@@ -33,7 +32,7 @@ from tests.conftest import (
     noise_image,
     wait_until_healthy,
 )
-from tests.guarantees import record_figures
+from tests.guarantees import percentile, record_figures
 from vlgraph.config import AppConfig, IngressConfig
 
 pytestmark = pytest.mark.integration
@@ -168,12 +167,6 @@ def poll(condition: Callable[[], T], timeout_s: float, what: str, every_s: float
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s} s")
         time.sleep(every_s)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The nearest-rank percentile (``fraction`` of 1) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def replica_pids(app: str, deployment: str | None = None) -> dict[str, int]:

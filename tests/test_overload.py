@@ -21,7 +21,7 @@ from tests.conftest import (
     serving_on_image_host,
     wait_until_healthy,
 )
-from tests.guarantees import record_figures
+from tests.guarantees import percentile, record_figures
 from vlgraph.config import AppConfig
 
 pytestmark = pytest.mark.integration
@@ -100,12 +100,6 @@ class Outcome:
     code: str | None
     retry_after: str | None
     seconds: float
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``values`` (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def closed_loop(url: str, route: str, seconds: float, clients: int) -> list[Outcome]:
