@@ -479,7 +479,7 @@ class Ingress(QuestionRoutes, EmbeddingRoutes, GenerationRoutes):
     ) -> CollectiveCaptionResponse:
         """Caption the images together; every image must be valid."""
         if model is None:
-            served = [name for name in COLLECTIVE_MODELS if name in self._captioners]
+            served = self._limits.collective
             model = served[0] if served else COLLECTIVE_MODELS[0]
         if model not in COLLECTIVE_MODELS:
             raise BadRequestError(

@@ -497,7 +497,7 @@ class ImageFetchConfig(StrictModel):
     allowed_networks: tuple[IPvAnyNetwork, ...] = Field(
         (),
         description="Networks exempt from the public-address rule, e.g. an internal image "
-        "host ['10.1.2.0/24']; the tests use ['127.0.0.1/32'] for their local server. Empty "
+        "host ['10.1.2.0/24']; the tests use ['127.0.0.2/32'] for their own servers. Empty "
         "(the default): loopback, private, link-local, CGNAT and metadata addresses are refused.",
     )
     max_redirects: int = Field(3, ge=0, le=10, description="Redirect hops followed, each checked.")
