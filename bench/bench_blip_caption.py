@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from bench.harness import use_replica_allocator_settings
-from vlgraph.tiny_checkpoints import ensure_checkpoint
+from vlgraph.tiny import ensure_checkpoint
 
 if TYPE_CHECKING:
     from vlgraph.config import AppConfig
@@ -54,28 +54,31 @@ def make_images(folder: Path, count: int) -> list[Path]:
 
 
 def raw_images_per_second(checkpoint: Path, images: list[Path], batch: int, tokens: int) -> dict:
-    """Throughput of the bare model: processor + generate on decoded images, in batches."""
-    import torch
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    """Throughput of the bare model: the replica's own core in process, no Ray (decode,
+    processor, ``generate`` of ``tokens`` tokens), in batches."""
+    from bench.paths import blip_caption_call
+    from vlgraph.config import BlipCaptionConfig
 
-    processor = BlipProcessor.from_pretrained(checkpoint)
-    model = BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    decoded = [Image.open(path).convert("RGB") for path in images]
-    kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
-    with torch.inference_mode():
-        # Warm up with a full batch, as the served path is: first calls at a shape are slow.
-        model.generate(**processor(images=decoded[:batch], return_tensors="pt"), **kwargs)
-        started = time.perf_counter()
-        for start in range(0, len(decoded), batch):
-            inputs = processor(images=decoded[start : start + batch], return_tensors="pt")
-            model.generate(**inputs, **kwargs)
-        elapsed = time.perf_counter() - started
-    del model
+    settings = BlipCaptionConfig(
+        source=str(checkpoint),
+        device="cpu",
+        dtype="float32",
+        generation={"max_new_tokens": tokens, "min_new_tokens": tokens},
+    )
+    caption = blip_caption_call(settings)
+    jpegs = [path.read_bytes() for path in images]
+    # Warm up with a full batch, as the served path is: first calls at a shape are slow.
+    caption(jpegs[:batch])
+    started = time.perf_counter()
+    for start in range(0, len(jpegs), batch):
+        caption(jpegs[start : start + batch])
+    elapsed = time.perf_counter() - started
+    del caption
     return {
-        "images": len(decoded),
+        "images": len(jpegs),
         "batch": batch,
         "seconds": elapsed,
-        "images_per_s": len(decoded) / elapsed,
+        "images_per_s": len(jpegs) / elapsed,
     }
 
 

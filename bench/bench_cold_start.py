@@ -32,7 +32,7 @@ def jpeg(size: int) -> bytes:
 
 def model_config(model: str, size: str, cache_dir: Path) -> dict:
     """The model at zero replicas; full size loads the factory's real-size folder in bf16."""
-    from vlgraph.tiny_checkpoints import ensure_checkpoint
+    from vlgraph.tiny import ensure_checkpoint
 
     family = FAMILY_OF[model]
     full = size == "full"

@@ -1,7 +1,9 @@
 """Where BLIP generate loses time outside the model: thread, process and allocator.
 
-Runs batched BLIP-base generate (full-size architecture, random weights) on this process's
-main thread, in a worker thread (as a Serve replica does), or in a plain Ray actor with the
+Runs batched BLIP-base captioning (full-size architecture, random weights) through the
+replica's own core (``BlipCaptioner.in_process``: decode, processor, ``generate``), loaded on
+this process's main thread and run there, or run in a worker thread (the split a replica had
+before its one model thread, ``vlgraph/model_thread.py``), or in a plain Ray actor with the
 replicas' allocator settings (no Serve), and prints seconds per batch, CPU utilisation, system
 time and minor page faults. Run it under both allocator settings to see their effect:
 
@@ -16,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import io
 import resource
 import time
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from vlgraph.tiny_checkpoints import ensure_checkpoint
+from deployments.blip_caption import BlipCaptioner
+from vlgraph.config import BlipCaptionConfig
+from vlgraph.messages import CaptionRequest
+from vlgraph.tiny import ensure_checkpoint
 
 
 def main() -> None:
@@ -59,18 +64,23 @@ def measure(args: argparse.Namespace, where: str) -> str:
     """Time ``args.batches`` batches on the main thread or a worker thread; one line."""
     torch.set_num_threads(args.threads)
     folder = ensure_checkpoint("blip-caption", args.cache_dir, "full")
-    processor = BlipProcessor.from_pretrained(folder)
-    model = BlipForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    config = BlipCaptionConfig(
+        source=str(folder),
+        device="cpu",
+        dtype="float32",
+        generation={"max_new_tokens": args.tokens, "min_new_tokens": args.tokens},
+    )
+    captioner = BlipCaptioner.in_process(config, args.cache_dir)
     rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    requests = [
+        CaptionRequest(image=_jpeg(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)))
         for _ in range(args.batch)
     ]
-    kwargs = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "do_sample": False}
 
     def one_batch() -> None:
-        with torch.inference_mode():
-            model.generate(**processor(images=images, return_tensors="pt"), **kwargs)
+        for result in captioner.caption_now(requests):
+            if result.error is not None:
+                raise RuntimeError(result.error.message)
 
     def timed() -> tuple[float, resource.struct_rusage, resource.struct_rusage]:
         one_batch()  # warm-up at the measured shape, in the measuring thread
@@ -92,6 +102,12 @@ def measure(args: argparse.Namespace, where: str) -> str:
         f"context switches {after.ru_nvcsw - before.ru_nvcsw} voluntary, "
         f"{after.ru_nivcsw - before.ru_nivcsw} involuntary"
     )
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ SD 1.5 512x512 50-step latency, SDXL 1024x1024 30-step latency, and the peak GPU
 every model replica (``nvidia-smi`` per process, sampled through the run). Anchors to beat:
 clip-as-service 286 images/s (ViT-B/32, TITAN RTX); diffusers with SDPA on an A100: 1.59 s
 (SD 1.5, 50 steps), 5.93 s (SDXL, 50 steps). Needs one CUDA GPU and the project installed
-with ray and diffusers (see the device notes in BENCHMARKS.md). Writes bench/results/gpu.json.
+with ray and diffusers (see the device notes in docs/benchmarks.md). Writes bench/results/gpu.json.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 from bench.harness import REPO_ROOT, RESULTS_DIR, Request, ServedApp, closed_loop, machine
 from bench.paths import photo_jpegs
 from vlgraph.profiles import load_application, with_sources
-from vlgraph.tiny_checkpoints import ensure_checkpoint
+from vlgraph.tiny import ensure_checkpoint
 
 ANCHORS = {
     "clip_images_per_s": 286.0,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench_blip_caption import bench_config, make_images, serve_app
 
-from vlgraph.tiny_checkpoints import ensure_checkpoint
+from vlgraph.tiny import ensure_checkpoint
 
 
 def snapshot() -> dict[str, tuple[int, int, str]]:

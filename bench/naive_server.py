@@ -7,7 +7,8 @@ request handler, one request at a time, no batching, as documents 000 and 001 se
 It answers the same route and body as the served app for ``PATH`` (see ``bench/paths.py``), so
 the benchmark drives both with the same requests; ``GET /ready`` answers once loaded. One
 checkpoint per model of the path, in the order of its ``checkpoints``; the models run with
-the settings the served app gives them (generation lengths, guidance, safety checker).
+the settings the served app gives them (generation lengths, guidance, safety checker), through
+their replicas' own core built in process (``bench/paths.py``), so only the serving differs.
 With ``--mount`` (the smoke run), one process serves several paths, each path's routes under
 ``/PATH`` (still one request at a time, in the one event loop).
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import sys
 import uuid
 from collections.abc import Callable
@@ -26,7 +26,6 @@ from typing import Annotated
 
 import uvicorn
 from fastapi import FastAPI, File, Form, UploadFile
-from PIL import Image
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +36,7 @@ from bench.paths import (
     blip_caption_call,
     blip_vqa_call,
     caption_prompt,
+    clip_encode_call,
     diffusion_call,
     served_model,
     vlm_caption_call,
@@ -57,53 +57,33 @@ def naive_route(name: str) -> Callable[[Builder], Builder]:
     return register
 
 
-def _rgb(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
 @naive_route("clip_image")
 def clip_image(app: FastAPI, checkpoint: Path) -> None:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(checkpoint), device="cpu")
+    """``POST /encode_image``: the image encoder's replica core on each request."""
+    settings = served_model("clip_image", "clip_image", {"clip_image": checkpoint})
+    encode = clip_encode_call(settings, "image", "clip_image")
 
     @app.post("/encode_image")
     async def encode_image(body: dict) -> dict:
-        image = _rgb(base64.b64decode(body["image_b64"]))
-        return {"embedding": model.encode([image], show_progress_bar=False)[0].tolist()}
+        return {"embedding": list(encode([base64.b64decode(body["image_b64"])])[0])}
 
 
 @naive_route("clip_text")
 def clip_text(app: FastAPI, checkpoint: Path) -> None:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(checkpoint), device="cpu")
+    """``POST /encode_text``: the text encoder's replica core on each request."""
+    settings = served_model("clip_text", "clip_text", {"clip_text": checkpoint})
+    encode = clip_encode_call(settings, "text", "clip_text")
 
     @app.post("/encode_text")
     async def encode_text(body: dict) -> dict:
-        return {"embedding": model.encode([body["text"]], show_progress_bar=False)[0].tolist()}
-
-
-def blip_captioner(checkpoint: Path) -> Callable[[bytes], str]:
-    """BLIP's processor and ``generate`` on one image (document 000's handler)."""
-    import torch
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    processor = BlipProcessor.from_pretrained(checkpoint)
-    model = BlipForConditionalGeneration.from_pretrained(checkpoint).eval()
-
-    def caption(data: bytes) -> str:
-        with torch.inference_mode():
-            output = model.generate(**processor(images=_rgb(data), return_tensors="pt"))
-        return processor.decode(output[0], skip_special_tokens=True)
-
-    return caption
+        return {"embedding": list(encode([body["text"]])[0])}
 
 
 @naive_route("cache_hit")
 def cached_captions(app: FastAPI, checkpoint: Path) -> None:
     """Document 001's handler: key by the image's sha256, the model only on a miss."""
-    caption = blip_captioner(checkpoint)
+    settings = served_model("cache_hit", "models.blip", {"models.blip": checkpoint})
+    caption_list = blip_caption_call(settings)
     cache: dict[str, str] = {}
 
     @app.post("/api/caption-images")
@@ -114,7 +94,7 @@ def cached_captions(app: FastAPI, checkpoint: Path) -> None:
             key = hashlib.sha256(data).hexdigest()
             hit = key in cache
             if not hit:
-                cache[key] = caption(data)
+                cache[key] = caption_list([data])[0]
             results.append({"filename": upload.filename, "caption": cache[key], "cache": hit})
         return {"results": results}
 

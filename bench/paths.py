@@ -3,11 +3,13 @@
 A path names its checkpoint family, the profile block its served app copies (from
 ``configs/local.yaml``, the CPU profile, so the figures measure the defaults users get), its
 inputs, the HTTP request that carries one input (the same for the served app and the naive
-server), and its raw in-process batched model call. Where the profile's defaults would make
-the three do different work, its ``overrides`` fix it (fixed-length generation, a replica up
-before timing), and the raw model and the naive server copy the served settings
-(:func:`served_model`). Stateful routes get their ids from a ``prepare`` step (uploads), and
-a path with a target of its own measures it in ``extra`` (the pipeline against its stages).
+server), and its raw in-process batched model call: the model replica's own core, built in
+process without Ray (``ModelReplica.in_process``), so no inference code is written twice.
+Where the profile's defaults would make the three do different work, its ``overrides`` fix it
+(fixed-length generation, a replica up before timing), and the raw model and the naive
+server copy the served settings (:func:`served_model`). Stateful routes get their ids from a
+``prepare`` step (uploads), and a path with a target of its own measures it in ``extra`` (the
+pipeline against its stages).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class BenchPath:
     """One model path: how to serve it, load it, and call the raw model."""
 
     name: str
-    #: Checkpoint families to build (``vlgraph.tiny_checkpoints``), by the profile key they
+    #: Checkpoint families to build (``vlgraph.tiny``), by the profile key they
     #: replace the source of (``models.blip``, ``clip_image``, ...).
     checkpoints: dict[str, str]
     #: Make ``count`` inputs under ``folder``.
@@ -164,30 +166,15 @@ def _timed_batches(items: list[Any], batch: int, call: Callable[[list[Any]], Any
 
 
 def raw_clip_image(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
-    """Decode the JPEGs and encode them with sentence-transformers, in batches."""
-    from sentence_transformers import SentenceTransformer
-
-    from vlgraph.images import decode_image
-
-    model = SentenceTransformer(str(checkpoints["clip_image"]), device="cpu")
-
-    def encode(jpegs: list[bytes]) -> Any:
-        images = [decode_image(data) for data in jpegs]
-        return model.encode(images, batch_size=len(images), show_progress_bar=False)
-
-    return _timed_batches(inputs.items, batch, encode)
+    """Decode the JPEGs and encode them as the image encoder's replica does, in batches."""
+    settings = served_model("clip_image", "clip_image", checkpoints)
+    return _timed_batches(inputs.items, batch, clip_encode_call(settings, "image", "clip_image"))
 
 
 def raw_clip_text(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
-    """Encode the sentences with sentence-transformers, in batches."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(checkpoints["clip_text"]), device="cpu")
-    return _timed_batches(
-        inputs.items,
-        batch,
-        lambda texts: model.encode(texts, batch_size=len(texts), show_progress_bar=False),
-    )
+    """Encode the sentences as the text encoder's replica does, in batches."""
+    settings = served_model("clip_text", "clip_text", checkpoints)
+    return _timed_batches(inputs.items, batch, clip_encode_call(settings, "text", "clip_text"))
 
 
 def raw_cache_lookup(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int) -> dict:
@@ -239,7 +226,11 @@ def raw_diffusion(checkpoints: dict[str, Path], inputs: BenchInputs, batch: int)
     return _timed_batches(seeded, batch, run)
 
 
-# ---- model calls as the replicas make them (raw: a batch per call; naive: one item)
+# ---- model calls: the replicas' own core, in process (raw: a batch per call; naive: one item)
+
+#: The replicas built in process read their checkpoint from ``settings.source`` (a folder);
+#: the checkpoint cache is never used.
+_NO_CACHE = "bench-unused"
 
 
 def served_model(path_name: str, key: str, checkpoints: dict[str, Path]) -> Any:
@@ -250,86 +241,58 @@ def served_model(path_name: str, key: str, checkpoints: dict[str, Path]) -> Any:
     return model_config(config, key)
 
 
-def _torch_dtype(settings: Any) -> Any:
-    import torch
+def _values(results: list[Any], field: str) -> list[Any]:
+    """Each result's ``field``; a benchmark stops at the first per-item error."""
+    for result in results:
+        if result.error is not None:
+            raise RuntimeError(f"{result.error.code}: {result.error.message}")
+    return [getattr(result, field) for result in results]
 
-    from vlgraph.torch_runtime import select_dtype
 
-    return select_dtype(settings, torch.device("cpu"))
+def blip_caption_call(settings: Any, name: str = "blip") -> Callable[[list[bytes]], list[str]]:
+    """BLIP captioning as its replica runs it (``BlipCaptioner.caption_now``, built in process,
+    on the caller's thread): decode, processor, ``generate`` with the served settings; one
+    call captions a list of JPEGs together."""
+    from deployments.blip_caption import BlipCaptioner
+    from vlgraph.messages import CaptionRequest
 
-
-def blip_caption_call(settings: Any) -> Callable[[list[bytes]], list[str]]:
-    """BLIP captioning (``deployments/blip_caption.py``): decode, processor, ``generate``
-    with the served generation settings; one call captions a list of JPEGs together."""
-    import torch
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    from vlgraph.images import decode_image
-
-    dtype = _torch_dtype(settings)
-    processor = BlipProcessor.from_pretrained(settings.source)
-    model = BlipForConditionalGeneration.from_pretrained(settings.source, dtype=dtype).eval()
-    kwargs = settings.generation.generate_kwargs()
+    captioner = BlipCaptioner.in_process(settings, _NO_CACHE, name)
 
     def caption(jpegs: list[bytes]) -> list[str]:
-        batch = processor(images=[decode_image(data) for data in jpegs], return_tensors="pt")
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        with torch.inference_mode():
-            output = model.generate(**batch, **kwargs)
-        return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+        requests = [CaptionRequest(image=data) for data in jpegs]
+        return _values(captioner.caption_now(requests), "caption")
 
     return caption
 
 
 def blip_vqa_call(settings: Any) -> Callable[[list[ImageQuestion]], list[str]]:
-    """BLIP question answering (``deployments/blip_vqa.py``): decode, processor with the
-    questions padded, ``generate`` with the served settings; one call answers a list."""
-    import torch
-    from transformers import BlipForQuestionAnswering, BlipProcessor
+    """BLIP question answering as its replica runs it (``BlipQuestionAnswerer.answer_now``,
+    in process): decode, questions grouped by token length, ``generate``; one call answers a
+    list."""
+    from deployments.blip_vqa import BlipQuestionAnswerer
+    from vlgraph.messages import QuestionRequest
 
-    from vlgraph.images import decode_image
-
-    dtype = _torch_dtype(settings)
-    processor = BlipProcessor.from_pretrained(settings.source)
-    model = BlipForQuestionAnswering.from_pretrained(settings.source, dtype=dtype).eval()
-    kwargs = settings.generation.generate_kwargs()
+    answerer = BlipQuestionAnswerer.in_process(settings, _NO_CACHE, "vqa")
 
     def answer(items: list[ImageQuestion]) -> list[str]:
-        batch = processor(
-            images=[decode_image(item.image) for item in items],
-            text=[item.question for item in items],
-            padding=True,
-            return_tensors="pt",
-        )
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        with torch.inference_mode():
-            output = model.generate(**batch, **kwargs)
-        return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+        requests = [QuestionRequest(image=item.image, question=item.question) for item in items]
+        return _values(answerer.answer_now(requests), "answer")
 
     return answer
 
 
-def vlm_caption_call(settings: Any) -> Callable[[list[bytes]], list[str]]:
-    """A vision-language captioner (``deployments/vlm_caption.py``): the family's loader,
-    prompt (the profile's caption instruction) and decoding; one call captions a list."""
-    import torch
+def vlm_caption_call(settings: Any, name: str = "vlm") -> Callable[[list[bytes]], list[str]]:
+    """A vision-language captioner as its replica runs it (``VisionLanguageCaptioner
+    .caption_now``, in process): the family's loader, prompt (the profile's caption
+    instruction) and decoding; one call captions a list."""
+    from deployments.vlm_caption import VisionLanguageCaptioner
+    from vlgraph.messages import CaptionRequest
 
-    from vlgraph.images import decode_image
-    from vlgraph.vlm_families import FAMILIES
-
-    family = FAMILIES[settings.family]
-    dtype = _torch_dtype(settings)
-    processor, model = family.load(Path(settings.source), dtype, torch.device("cpu"))
-    kwargs = settings.generation.generate_kwargs()
+    captioner = VisionLanguageCaptioner.in_process(settings, _NO_CACHE, name)
 
     def caption(jpegs: list[bytes]) -> list[str]:
-        images = [[decode_image(data)] for data in jpegs]
-        batch = family.inputs(processor, images, [settings.caption_instruction] * len(images))
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        with torch.inference_mode():
-            output = model.generate(**batch, **kwargs)
-        return family.decode(processor, output, batch)
+        requests = [CaptionRequest(image=data) for data in jpegs]
+        return _values(captioner.caption_now(requests), "caption")
 
     return caption
 
@@ -337,42 +300,48 @@ def vlm_caption_call(settings: Any) -> Callable[[list[bytes]], list[str]]:
 DiffusionCall = Callable[[list[str], list[int], int, int, int], list[bytes]]
 
 
-def diffusion_call(settings: Any) -> DiffusionCall:
-    """Stable Diffusion (``deployments/diffusion.py``): the pipeline loaded as the replica
-    loads it (safety checker as configured), called on (prompts, seeds, width, height, steps)
-    with the configured guidance and a generator per seed; PNG bytes out."""
-    import torch
-    from diffusers import StableDiffusionPipeline
+def diffusion_call(settings: Any, name: str = "sd") -> DiffusionCall:
+    """Stable Diffusion as its replica runs it (``DiffusionGenerator.generate_now``, in
+    process: safety checker as configured, a generator per seed), called on (prompts, seeds,
+    width, height, steps) with the configured guidance; PNG bytes out."""
+    from deployments.diffusion import DiffusionGenerator
+    from vlgraph.messages import GenerationRequest
 
-    extra: dict[str, Any] = {}
-    if not settings.safety_checker:
-        extra = {"safety_checker": None, "requires_safety_checker": False}
-    pipe = StableDiffusionPipeline.from_pretrained(
-        settings.source, dtype=_torch_dtype(settings), **extra
-    )
-    pipe.set_progress_bar_config(disable=True)
+    generator = DiffusionGenerator.in_process(settings, _NO_CACHE, name)
 
     def generate(
         prompts: list[str], seeds: list[int], width: int, height: int, steps: int
     ) -> list[bytes]:
-        output = pipe(
-            prompt=prompts,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=settings.guidance_scale,
-            generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
-            output_type="pil",
-        )
-        return [_png(image) for image in output.images]
+        requests = [
+            GenerationRequest(
+                prompt=prompt,
+                negative_prompt=None,
+                height=height,
+                width=width,
+                steps=steps,
+                guidance_scale=settings.guidance_scale,
+                seed=seed,
+            )
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]
+        return _values(generator.generate_now(requests), "image_png")
 
     return generate
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def clip_encode_call(settings: Any, modality: str, name: str) -> Callable[[list[Any]], Any]:
+    """A CLIP encoder as its replica runs it (``SentenceEncoder.encode_now``, in process):
+    JPEG bytes (decoded there) or texts in, one vector per item out."""
+    from deployments.clip_encoder import SentenceEncoder
+    from vlgraph.messages import EncodeRequest
+
+    encoder = SentenceEncoder.in_process(settings, _NO_CACHE, name, modality)
+
+    def encode(items: list[Any]) -> list[tuple[float, ...]]:
+        requests = [EncodeRequest(item=item) for item in items]
+        return _values(encoder.encode_now(requests), "embedding")
+
+    return encode
 
 
 # ---- requests

@@ -57,14 +57,15 @@ from bench.paths import (
     shared_app_config,
     shared_apps,
 )
+from vlgraph.generation_params import MIN_SIZE
 from vlgraph.serve_cli import ServeMode
-from vlgraph.tiny_checkpoints import ensure_checkpoint
+from vlgraph.tiny import ensure_checkpoint
 
 SMOKE_LEVELS = {1: 2, 4: 4}
 #: Smoke images: the smallest side the app accepts and two steps. The smoke run makes about
 #: 45 images; at 256 px and 10 steps each takes a tiny Stable Diffusion 0.6 s on two quiet
 #: cores (and far longer on a busy machine), at 64 px and 2 steps 0.05 s.
-SMOKE_IMAGE_SIDE = 64
+SMOKE_IMAGE_SIDE = MIN_SIZE
 SMOKE_IMAGE_STEPS = 2
 
 

@@ -1,8 +1,10 @@
 """Text-to-image deployment: Stable Diffusion 1.x or SDXL through diffusers (documents 002, 004).
 
-The replica loads ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` with the ordinary
-``from_pretrained`` and runs every pipeline call on its :class:`ModelThread`. Requests arrive
-fully resolved (the ingress fills in defaults and checks bounds); each gets a
+On the replica skeleton (:mod:`deployments.replica`), which owns the model thread, device,
+loading and batching: this module loads ``StableDiffusionPipeline`` or
+``StableDiffusionXLPipeline`` with the ordinary ``from_pretrained`` and runs the pipeline.
+Requests arrive fully resolved (the ingress fills in defaults and checks bounds, and the replica
+checks them again with the same constants, from :mod:`vlgraph.generation_params`); each gets a
 :class:`GenerationResult` with a PNG or a typed error, so one bad request never fails its batch.
 
 Batches: one pipeline call takes one height, width, step count and guidance scale, and either
@@ -23,32 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-import vlgraph.tiny_diffusion  # noqa: F401  (registers the "tiny:sd" and "tiny:sdxl" builders)
-from deployments.service_metrics import service_metrics
-from vlgraph.config import BatchingConfig, DiffusionConfig
-from vlgraph.errors import InferenceError, ItemError, ServiceError, ServiceUnavailableError
+import vlgraph.tiny.stable_diffusion  # noqa: F401  (registers the "tiny:sd" and "tiny:sdxl" builders)
+from deployments.replica import ModelReplica, logger
+from vlgraph.config import DiffusionConfig
+from vlgraph.errors import ItemError, ServiceError, ServiceUnavailableError
+from vlgraph.generation_params import MIN_SIZE, generation_problems
 from vlgraph.messages import GenerationEvent, GenerationRequest, GenerationResult
-from vlgraph.model_source import resolve_model_path
-from vlgraph.model_thread import ModelThread
-from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
-
-logger = logging.getLogger("ray.serve")
-
-#: Smallest image side the pipelines accept (their VAEs downsample by 8).
-SIZE_MULTIPLE = 8
-#: Seeds are what ``torch.Generator.manual_seed`` takes without wrapping around.
-MAX_SEED = 2**64 - 1
+from vlgraph.service_metrics import service_metrics
 
 
 class GenerationCancelled(Exception):
@@ -79,58 +71,45 @@ class _Arrived:
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
 
-class DiffusionGenerator:
+class DiffusionGenerator(ModelReplica):
     """Generates images with a diffusers text-to-image pipeline (``config.family``: ``sd`` for
     Stable Diffusion 1.x, ``sdxl`` for SDXL)."""
 
+    batched_methods = ("_generate_batch",)
+    failure_message = "the image generation model failed on this request"
+
     def __init__(self, config: DiffusionConfig, checkpoint_cache_dir: str, name: str):
         self.family = config.family
-        self._config = config
-        self._name = name
         self._timeout_s = config.deployment.request_timeout_s
-        self._model_thread = ModelThread(name)
-        self._model_thread.call(self._load, checkpoint_cache_dir)
-        self.reconfigure(config.user_config())
+        super().__init__(config, checkpoint_cache_dir, name)
 
-    def _load(self, checkpoint_cache_dir: str) -> None:
-        import torch
+    def load(self, path: str) -> None:
+        """The family's pipeline, without the safety checker when the config turns it off."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        config = self._config
-        apply_thread_limit(config)
-        path = resolve_model_path(
-            self._name, config.source, Path(checkpoint_cache_dir), config.revision
-        )
-        self._torch = torch
-        self._device = select_device(config)
-        self._dtype = select_dtype(config, self._device)
         pipeline_class: Any = StableDiffusionXLPipeline
         extra: dict[str, Any] = {}
-        if config.family == "sd":
+        if self.family == "sd":
             pipeline_class = StableDiffusionPipeline
-            if not config.safety_checker:
+            if not self._config.safety_checker:
                 # Otherwise the checker in the checkpoint loads and runs whatever the config says.
                 extra = {"safety_checker": None, "requires_safety_checker": False}
         pipe = pipeline_class.from_pretrained(path, dtype=self._dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe.to(self._device)
-        self._run(
-            [
-                GenerationRequest(
-                    prompt="warm-up",
-                    negative_prompt=None,
-                    height=64,
-                    width=64,
-                    steps=1,
-                    guidance_scale=config.guidance_scale,
-                    seed=0,
-                )
-            ]
-        )
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batch size and wait time live (``user_config`` in the Serve config)."""
-        BatchingConfig.model_validate(user_config.get("batching", {})).apply(self._generate_batch)
+    def warm_up(self) -> None:
+        """One step at the smallest size."""
+        request = GenerationRequest(
+            prompt="warm-up",
+            negative_prompt=None,
+            height=MIN_SIZE,
+            width=MIN_SIZE,
+            steps=1,
+            guidance_scale=self._config.guidance_scale,
+            seed=0,
+        )
+        self._run([request])
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate one image; concurrent calls are batched together. A request whose caller
@@ -142,11 +121,11 @@ class DiffusionGenerator:
     async def _generate_batch(self, arrivals: list[_Arrived]) -> list[GenerationResult]:
         requests = [arrival.request for arrival in arrivals]
         arrived = [arrival.at for arrival in arrivals]
-        return await self._model_thread.run(self._generate_in_groups, requests, arrived)
+        return await self.run_batch(GenerationResult, self._generate_in_groups, requests, arrived)
 
     def generate_now(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate a list of requests as one batch, waiting for the model thread."""
-        return self._model_thread.call(self._generate_in_groups, requests)
+        return self.run_now(GenerationResult, self._generate_in_groups, requests)
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Generate one image, yielding a ``step`` event after each denoising step and then an
@@ -178,7 +157,7 @@ class DiffusionGenerator:
                 return
             except Exception:
                 logger.exception("%s failed on a streamed request", self._name)
-                result = GenerationResult(error=self._failure())
+                result = GenerationResult(error=self.failure())
             yield GenerationEvent(kind="image" if result.error is None else "error", result=result)
         finally:
             # GeneratorExit (closed) or CancelledError (task cancelled) land here while the
@@ -247,7 +226,7 @@ class DiffusionGenerator:
                 outcomes = [GenerationResult(error=self._timed_out())] * len(members)
             except Exception:
                 logger.exception("%s failed on a group of %d", self._name, len(members))
-                outcomes = [GenerationResult(error=self._failure())] * len(members)
+                outcomes = [GenerationResult(error=self.failure())] * len(members)
             for index, outcome in zip(members, outcomes, strict=True):
                 results[index] = outcome
         return [result for result in results if result is not None]
@@ -302,26 +281,7 @@ class DiffusionGenerator:
 
     def _refusal(self, request: GenerationRequest) -> ItemError | None:
         """The bounds the ingress enforces, checked again: a 422 instead of a runaway job."""
-        config = self._config
-        problems = []
-        if not 1 <= request.steps <= config.max_steps:
-            problems.append(f"steps {request.steps} is outside 1 to {config.max_steps}")
-        for side, value, most in (
-            ("height", request.height, config.max_height),
-            ("width", request.width, config.max_width),
-        ):
-            if not SIZE_MULTIPLE <= value <= most or value % SIZE_MULTIPLE:
-                problems.append(
-                    f"{side} {value} must be a multiple of {SIZE_MULTIPLE} from "
-                    f"{SIZE_MULTIPLE} to {most}"
-                )
-        if not 0 <= request.guidance_scale <= config.max_guidance_scale:
-            problems.append(
-                f"guidance_scale {request.guidance_scale} is outside 0 to "
-                f"{config.max_guidance_scale}"
-            )
-        if not 0 <= request.seed <= MAX_SEED:
-            problems.append(f"seed {request.seed} is outside 0 to {MAX_SEED}")
+        problems = generation_problems(request, self._config)
         if not problems:
             return None
         message = f"{self._name}: " + "; ".join(problems)
@@ -333,9 +293,6 @@ class DiffusionGenerator:
             "timeout; retry later",
             code="model_timeout",
         ).as_item_error()
-
-    def _failure(self) -> ItemError:
-        return InferenceError("the image generation model failed on this request").as_item_error()
 
 
 def _png(image: Any) -> bytes:

@@ -4,8 +4,10 @@ Batched generation equals single calls only when the rows of one call differ in 
 alone (``../shared/notes/offline-models.md``), so a batch is split into groups by
 (instruction, image count), or by a coarser key of the instruction where rows with different
 instructions still batch exactly (BLIP VQA: questions of one token length), and each group is
-one model call. An image that does not decode
-fails alone; a model call that raises fails its group alone.
+one model call. An image that does not decode fails alone; a model call that raises fails its
+group alone (a :class:`~vlgraph.errors.ServiceError` with its own status, anything else as
+500 ``inference_failed``), and a call may answer an :class:`~vlgraph.errors.ItemError` in place
+of one row's value (a prompt too long for the model) to fail that row alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from vlgraph.images import decode_image
 
 logger = logging.getLogger("ray.serve")
 
-#: One model call: the decoded images of each row and each row's instruction.
+#: One model call: the decoded images of each row and each row's instruction; per row a value
+#: or an :class:`ItemError`.
 GroupRunner = Callable[[list[list[Any]], list["str | None"]], list[Any]]
 
 
@@ -40,7 +43,7 @@ def run_in_groups(
 ) -> list[tuple[Any, ItemError | None]]:
     """Per item, ``(value, None)`` from ``run`` or ``(None, error)``, in request order. Rows
     whose instructions have the same ``group_key`` (by default: the same instruction) and the
-    same image count share one ``run`` call."""
+    same image count share one ``run`` call. Never raises for a row or a group."""
     outcomes: list[tuple[Any, ItemError | None]] = [(None, None)] * len(image_sets)
     groups: dict[tuple[Hashable, int], list[tuple[int, list[Any], str | None]]] = defaultdict(list)
     for index, (images, instruction) in enumerate(zip(image_sets, instructions, strict=True)):
@@ -58,10 +61,14 @@ def run_in_groups(
                 [images for _, images, _ in members],
                 [instruction for _, _, instruction in members],
             )
+        except ServiceError as error:
+            failure = error.as_item_error()
+            values = None
         except Exception:
             logger.exception("%s failed on a group of %d", model_name, len(members))
             failure = InferenceError(failure_message).as_item_error()
             values = None
         for position, (index, _, _) in enumerate(members):
-            outcomes[index] = (values[position], None) if values is not None else (None, failure)
+            value = values[position] if values is not None else failure
+            outcomes[index] = (None, value) if isinstance(value, ItemError) else (value, None)
     return outcomes

@@ -4,19 +4,20 @@ One class serves every instruction-following family through its adapter in
 :mod:`vlgraph.vlm_families`. Each replica captions (``caption``), answers yes/no flag questions
 (``flag``) and, for families that read several images in one prompt, captions a set
 (``caption_collection``). Single-image calls are batched with ``@serve.batch`` and grouped by
-prompt, so a batched answer equals the single answer; all torch work runs on the replica's one
-model thread (:mod:`vlgraph.model_thread`).
+prompt, so a batched answer equals the single answer. The replica skeleton
+(:mod:`deployments.replica`) owns the model thread, loading, batching and per-item errors; a
+prompt longer than the model's context (image tokens and the tokens to generate included) gets
+a 422 ``prompt_too_long_for_model`` before the model is called.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from deployments.grouped_batches import run_in_groups
-from vlgraph.config import BatchingConfig, VisionLanguageConfig
+from deployments.replica import ModelReplica
+from vlgraph.config import VisionLanguageConfig
 from vlgraph.errors import BadRequestError
 from vlgraph.flags import yes_beats_no
 from vlgraph.messages import (
@@ -26,50 +27,33 @@ from vlgraph.messages import (
     FlagRequest,
     FlagResult,
 )
-from vlgraph.model_source import resolve_model_path
-from vlgraph.model_thread import ModelThread
-from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
 from vlgraph.vlm_families import FAMILIES
 
 _FLAG_SUFFIX = " Answer yes or no."
 
 
-class VisionLanguageCaptioner:
+class VisionLanguageCaptioner(ModelReplica):
     """Captions, flags and (multi-image families) collective captions with one VLM."""
 
+    batched_methods = ("_caption_batch", "_flag_batch")
+
     def __init__(self, config: VisionLanguageConfig, checkpoint_cache_dir: str, name: str):
-        self._name = name
-        self._config = config
         self._family = FAMILIES[config.family]
-        self._groups = {
-            "multi_image": self._family.multi_image,
-            "model_name": name,
-            "failure_message": f"the {name} model failed on this input",
-        }
-        self._model_thread = ModelThread(name)
-        self._model_thread.call(self._load, config, checkpoint_cache_dir, name)
-        self.reconfigure(config.user_config())
+        self.failure_message = f"the {name} model failed on this input"
+        super().__init__(config, checkpoint_cache_dir, name)
 
-    def _load(self, config: VisionLanguageConfig, checkpoint_cache_dir: str, name: str) -> None:
-        import torch
-
-        apply_thread_limit(config)
-        path = resolve_model_path(name, config.source, Path(checkpoint_cache_dir), config.revision)
-        self._torch = torch
-        self._device = select_device(config)
-        self._dtype = select_dtype(config, self._device)
+    def load(self, path: str) -> None:
+        """The family's processor and model, yes/no token ids and context length."""
         self._processor, self._model = self._family.load(path, self._dtype, self._device)
-        self._generate_kwargs = config.generation.generate_kwargs()
+        self._generate_kwargs = self._config.generation.generate_kwargs()
         self._yes_ids, self._no_ids = self._family.answer_token_ids(self._processor)
+        self.set_context_length(self._model, self._processor.tokenizer)
+
+    def warm_up(self) -> None:
+        """Caption one blank image with the default instruction."""
         from PIL import Image
 
         self._generate([[Image.new("RGB", (32, 32))]], [self._config.caption_instruction])
-
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batch size and wait time live (``user_config`` in the Serve config)."""
-        BatchingConfig.model_validate(user_config.get("batching", {})).apply(
-            self._caption_batch, self._flag_batch
-        )
 
     @property
     def multi_image(self) -> bool:
@@ -82,61 +66,58 @@ class VisionLanguageCaptioner:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        return await self._model_thread.run(self._caption_requests, requests)
+        return await self.run_batch(CaptionResult, self._caption_requests, requests)
 
     def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         """Caption a list of single images as one batch, waiting for the model thread."""
-        return self._model_thread.call(self._caption_requests, requests)
+        return self.run_now(CaptionResult, self._caption_requests, requests)
 
     async def caption_collection(self, request: CollectionCaptionRequest) -> CaptionResult:
         """One caption for several images read together (multi-image families only)."""
-        return await self._model_thread.run(self._caption_collection, request)
+        return (await self.run_batch(CaptionResult, self._caption_collections, [request]))[0]
 
     async def flag(self, request: FlagRequest) -> FlagResult:
         """Answer a yes/no question about one image, or a set on multi-image families."""
         if len(request.images) == 1:
             return await self._flag_batch(request)
-        return (await self._model_thread.run(self._flag_requests, [request]))[0]
+        return (await self.run_batch(FlagResult, self._flag_requests, [request]))[0]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _flag_batch(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        return await self._model_thread.run(self._flag_requests, requests)
+        return await self.run_batch(FlagResult, self._flag_requests, requests)
 
     def flag_now(self, requests: list[FlagRequest]) -> list[FlagResult]:
         """Answer a list of flag questions as one batch, waiting for the model thread."""
-        return self._model_thread.call(self._flag_requests, requests)
+        return self.run_now(FlagResult, self._flag_requests, requests)
 
     def _caption_requests(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         instructions = [request.prompt or self._config.caption_instruction for request in requests]
-        outcomes = run_in_groups(
-            [(request.image,) for request in requests], instructions, self._generate, **self._groups
+        return self._in_groups(
+            CaptionResult, "caption", [(r.image,) for r in requests], instructions, self._generate
         )
-        return [
-            CaptionResult(caption=value) if error is None else CaptionResult(error=error)
-            for value, error in outcomes
-        ]
 
-    def _caption_collection(self, request: CollectionCaptionRequest) -> CaptionResult:
-        if len(request.images) > 1 and not self.multi_image:
+    def _caption_collections(self, requests: list[CollectionCaptionRequest]) -> list[CaptionResult]:
+        if any(len(request.images) > 1 for request in requests) and not self.multi_image:
             error = BadRequestError(f"{self._name} captions one image at a time")
-            return CaptionResult(error=error.as_item_error())
-        instruction = request.prompt or self._config.collection_instruction
-        value, error = run_in_groups(
-            [request.images], [instruction], self._generate, **self._groups
-        )[0]
-        return CaptionResult(caption=value) if error is None else CaptionResult(error=error)
+            return [CaptionResult(error=error.as_item_error())] * len(requests)
+        instructions = [
+            request.prompt or self._config.collection_instruction for request in requests
+        ]
+        return self._in_groups(
+            CaptionResult, "caption", [r.images for r in requests], instructions, self._generate
+        )
 
     def _flag_requests(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        outcomes = run_in_groups(
+        return self._in_groups(
+            FlagResult,
+            "flagged",
             [request.images for request in requests],
             [request.question.strip() + _FLAG_SUFFIX for request in requests],
             self._score_yes_no,
-            **self._groups,
         )
-        return [
-            FlagResult(flagged=value) if error is None else FlagResult(error=error)
-            for value, error in outcomes
-        ]
+
+    def _in_groups(self, result_type: Any, field: str, *rows: Any) -> list[Any]:
+        return self.in_groups(result_type, field, *rows, multi_image=self.multi_image)
 
     def _model_inputs(self, images: list[list[Any]], instructions: list[str | None]) -> Any:
         inputs = self._family.inputs(self._processor, images, instructions).to(self._device)
@@ -144,14 +125,21 @@ class VisionLanguageCaptioner:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
         return inputs
 
-    def _generate(self, images: list[list[Any]], instructions: list[str | None]) -> list[str]:
+    def _generate(self, images: list[list[Any]], instructions: list[str | None]) -> list[Any]:
         inputs = self._model_inputs(images, instructions)
+        new = self._generate_kwargs["max_new_tokens"]
+        refusals = self.context_refusals(self._family.prompt_tokens(inputs), new)
+        if any(refusals):
+            return self.fitting_rows(refusals, self._generate, images, instructions)
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, **self._generate_kwargs)
         return self._family.decode(self._processor, output, inputs)
 
-    def _score_yes_no(self, images: list[list[Any]], instructions: list[str | None]) -> list[bool]:
+    def _score_yes_no(self, images: list[list[Any]], instructions: list[str | None]) -> list[Any]:
         inputs = self._model_inputs(images, instructions)
+        refusals = self.context_refusals(self._family.prompt_tokens(inputs), 0)
+        if any(refusals):
+            return self.fitting_rows(refusals, self._score_yes_no, images, instructions)
         with self._torch.inference_mode():
             logits = self._model(**inputs).logits
         return yes_beats_no(logits[:, -1].float(), self._yes_ids, self._no_ids)

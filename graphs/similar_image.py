@@ -1,61 +1,53 @@
-"""Document 004's pipeline graph: an image is captioned by BLIP and the caption becomes the
-prompt of an image generator, by chaining deployment handles inside one deployment, so the
+"""The similar-image pipeline graph: an image is captioned by BLIP and the caption becomes
+the prompt of an image generator, by chaining deployment handles inside one deployment, so the
 caption never travels back through the ingress.
 
 :class:`SimilarImagePipeline` is bound into the full application (``graphs/app.py``, route
 ``POST /api/similar-image`` of the ingress) and is also an application of its own:
-``serve run graphs.similar_image:build_similar_image_app`` serves ``POST /`` (multipart
-``image``) with just the captioner, the generator and this pipeline, validated by
-:class:`SimilarImageAppConfig`.
+``serve run graphs.similar_image:build_similar_image_app`` serves the same routes
+(``POST /api/similar-image`` and its stream) with just the captioner, the generator, this
+pipeline and the ingress, validated by :class:`SimilarImageAppConfig`.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from deployments.api import bounded_stream, call_model, read_image_form, validated
-from deployments.blip_caption import BlipCaptionDeployment
-from deployments.diffusion import DiffusionDeployment
+from deployments.ingress.deployment import IngressDeployment
+from deployments.ingress.gateway import PIPELINE
+from deployments.ingress.settings import IngressSettings
+from graphs.registry import REGISTRY
 from vlgraph.config import (
     BlipCaptionConfig,
     DiffusionConfig,
     IngressConfig,
     ModelFamilyConfig,
     PipelineConfig,
+    StoreConfig,
     StrictModel,
     default_sdxl,
     resolve_checkpoint_cache_dir,
 )
-from vlgraph.errors import ItemError, ServiceError, ServiceUnavailableError
-from vlgraph.generation_params import GenerationSettings, resolve_generation
+from vlgraph.errors import ItemError, ServiceUnavailableError
 from vlgraph.messages import (
     CaptionRequest,
     CaptionResult,
     GenerationEvent,
     GenerationRequest,
     GenerationResult,
+    SimilarImageRequest,
 )
+from vlgraph.model_calls import bounded_stream, call_model
 from vlgraph.model_source import check_model_available
-
-
-@dataclass(frozen=True)
-class SimilarImageRequest:
-    """An image to caption and the generation settings for its caption (prompt left empty)."""
-
-    image: bytes
-    generation: GenerationRequest
+from vlgraph.served_models import ModelCatalog
 
 
 @dataclass(frozen=True)
@@ -86,7 +78,6 @@ class SimilarImagePipeline:
         self,
         captioner: DeploymentHandle,
         generator: DeploymentHandle,
-        generator_config: DiffusionConfig | None = None,
         max_prompt_chars: int = 500,
         max_image_bytes: int = 16 * 1024 * 1024,
         caption_timeout_s: float | None = None,
@@ -94,7 +85,6 @@ class SimilarImagePipeline:
     ):
         self._captioner = captioner
         self._generator = generator
-        self._generator_config = generator_config
         self._max_prompt_chars = max_prompt_chars
         self._max_image_bytes = max_image_bytes
         self._caption_timeout_s = caption_timeout_s
@@ -130,40 +120,6 @@ class SimilarImagePipeline:
         except ServiceUnavailableError as error:
             failed = SimilarImageResult(caption=caption.caption, error=error.as_item_error())
             yield PipelineEvent(kind="error", result=failed)
-
-    async def __call__(self, http_request: Request) -> JSONResponse:
-        """The standalone application's route: ``POST /`` with multipart ``image`` and
-        optional generation fields; ``{"caption", "image", "seed"}``."""
-        try:
-            request = await self._request_from_form(http_request)
-            result = await self.run(request)
-            if result.error is not None:
-                raise ServiceError.from_item_error(result.error)
-        except ServiceError as error:
-            return JSONResponse(
-                {"error": {"code": error.code, "message": error.message}}, status_code=error.status
-            )
-        except RequestValidationError as error:
-            return JSONResponse(
-                {"error": {"code": "invalid_request", "message": str(error.errors())}},
-                status_code=422,
-            )
-        image = base64.b64encode(result.generation.image_png).decode("ascii")
-        return JSONResponse(
-            {"caption": result.caption, "image": image, "seed": result.generation.seed}
-        )
-
-    async def _request_from_form(self, http_request: Request) -> SimilarImageRequest:
-        if self._generator_config is None:
-            raise ServiceError("this pipeline was bound without its generator's settings")
-        data, fields = await read_image_form(
-            http_request, self._max_image_bytes, ("JPEG", "PNG", "WEBP"), 40_000_000
-        )
-        settings = validated(GenerationSettings, fields)
-        generation = resolve_generation(
-            "caption", settings, self._generator_config, self._max_prompt_chars
-        )
-        return SimilarImageRequest(image=data, generation=generation)
 
     async def _caption(self, image: bytes) -> CaptionResult:
         return await _answered(
@@ -202,8 +158,8 @@ SimilarImageDeployment = serve.deployment(SimilarImagePipeline, name="similar_im
 
 
 class SimilarImageAppConfig(StrictModel):
-    """The pipeline as an application of its own: BLIP (document 004 names the large one)
-    and SDXL, each its own deployment."""
+    """The pipeline as an application of its own: BLIP (the similar-image service names the
+    large one) and SDXL, each its own deployment."""
 
     checkpoint_cache_dir: str | None = None
     captioner: BlipCaptionConfig = Field(
@@ -212,6 +168,7 @@ class SimilarImageAppConfig(StrictModel):
     generator: DiffusionConfig = Field(default_factory=default_sdxl)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
 
 def bind_similar_image(
@@ -227,7 +184,6 @@ def bind_similar_image(
     return SimilarImageDeployment.options(**pipeline.deployment.serve_options()).bind(
         captioner,
         generator,
-        generator_config,
         ingress.max_prompt_chars,
         ingress.max_image_bytes,
         captioner_config.deployment.request_timeout_s,
@@ -236,21 +192,45 @@ def bind_similar_image(
 
 
 def build_similar_image_app(args: SimilarImageAppConfig) -> Application:
-    """``serve run graphs.similar_image:build_similar_image_app``: caption -> generate."""
+    """``serve run graphs.similar_image:build_similar_image_app``: caption -> generate, behind
+    the ingress's similar-image routes."""
     config = (
         args
         if isinstance(args, SimilarImageAppConfig)
         else SimilarImageAppConfig.model_validate(args)
     )
     cache_dir = resolve_checkpoint_cache_dir(config.checkpoint_cache_dir)
-    for name, model in (("blip", config.captioner), ("sdxl", config.generator)):
+    generator_name = config.generator.family
+    entries = {entry.name: entry for entry in REGISTRY}
+    models = {"blip": config.captioner, generator_name: config.generator}
+    for name, model in models.items():
         check_model_available(name, model.source, cache_dir, model.revision)
-    captioner = BlipCaptionDeployment.options(**config.captioner.serve_options()).bind(
-        config.captioner, str(cache_dir), "blip"
+    handles = {name: entries[name].bind(model, str(cache_dir)) for name, model in models.items()}
+    handles[PIPELINE] = bind_similar_image(
+        handles["blip"],
+        handles[generator_name],
+        config.captioner,
+        config.generator,
+        config.ingress,
+        config.pipeline,
     )
-    generator = DiffusionDeployment.options(
-        name=f"{config.generator.family}_generator", **config.generator.serve_options()
-    ).bind(config.generator, str(cache_dir), config.generator.family)
-    return bind_similar_image(
-        captioner, generator, config.captioner, config.generator, config.ingress, config.pipeline
+    settings = IngressSettings(
+        profile="similar_image",
+        config=config.ingress.model_copy(
+            update={"image_root": config.ingress.resolved_image_root()}
+        ),
+        store=config.store.model_copy(update={"data_dir": config.store.resolved_data_dir()}),
+        catalog=ModelCatalog(
+            known={entry.name: entry.capabilities for entry in REGISTRY},
+            served=tuple(entries[name].served_as(model) for name, model in models.items()),
+        ),
+        generators={generator_name: config.generator},
+        timeouts={
+            "blip": config.captioner.deployment.request_timeout_s,
+            generator_name: config.generator.deployment.request_timeout_s,
+            PIPELINE: config.pipeline.deployment.request_timeout_s,
+        },
+    )
+    return IngressDeployment.options(**config.ingress.deployment.serve_options()).bind(
+        handles, settings
     )

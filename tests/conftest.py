@@ -1,69 +1,36 @@
 """Shared fixtures: tiny checkpoints, test images, and one Ray + Serve instance per session.
 
 Integration tests talk HTTP to a real ``serve.run`` of the full application on tiny
-checkpoints. Tests marked ``cli`` run last: they release the session's Ray instance and drive
-the ``serve run`` command line as a user would.
+checkpoints. Tests marked ``cli`` or ``cluster`` run last: they release the session's Ray
+instance and drive the command line, or start clusters of their own. Helpers the tests import
+live in ``tests/support/``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
-from vlgraph.config import AppConfig
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-#: Limits of the test application, small so that tests can cross them cheaply.
-TEST_MAX_IMAGE_BYTES = 300_000
-TEST_MAX_IMAGE_PIXELS = 2_000_000
-TEST_MAX_BATCH_IMAGES = 8
-TEST_MAX_UPLOAD_IMAGES = 4
-TEST_MAX_PROMPT_CHARS = 200
-TEST_MAX_QUESTION_CHARS = 120
-TEST_MAX_HISTORY_PAGE = 10
-TEST_MAX_TEXT_CHARS = 300
-TEST_MAX_ENCODE_ITEMS = 6
-TEST_MAX_STEPS = 200
-TEST_MAX_IMAGE_SIDE = 128
-TEST_ADMIN_KEY = "test-admin-key"
-#: The loopback address the tests' own image servers bind; the only one the app may fetch from.
-TEST_IMAGE_HOST = "127.0.0.2"
+from tests.support.common import (
+    RedisServer,
+    RunningApp,
+    free_port,
+    jpeg_bytes,
+    make_test_config,
+    noise_image,
+    release_ray,
+    wait_until_healthy,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run command-line and cluster tests last: they need the session's Ray instance gone."""
     items.sort(key=lambda item: any(item.get_closest_marker(m) for m in ("cli", "cluster")))
-
-
-def noise_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
-    """A reproducible random RGB image."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def jpeg_bytes(image: Image.Image) -> bytes:
-    """Encode ``image`` as JPEG."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -98,143 +65,6 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_vlm_config(family: str, **fields: object) -> dict:
-    """A tiny vision-language model deployment as the tests run it."""
-    return {
-        "family": family,
-        "source": f"tiny:{family}",
-        "device": "cpu",
-        "torch_threads": 1,
-        "generation": {"max_new_tokens": 8},
-        "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-        "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-        **fields,
-    }
-
-
-def tiny_generator_config(family: str, **fields: object) -> dict:
-    """A tiny image generator as the tests run it: 64 px, 2 steps by default, up to 200 steps
-    (long enough to cancel a stream midway)."""
-    return {
-        "family": family,
-        "source": f"tiny:{family}",
-        "device": "cpu",
-        "torch_threads": 1,
-        "default_steps": 2,
-        "max_steps": TEST_MAX_STEPS,
-        "default_size": 64,
-        "max_height": TEST_MAX_IMAGE_SIDE,
-        "max_width": TEST_MAX_IMAGE_SIDE,
-        "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
-        "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-        **fields,
-    }
-
-
-def make_test_config(
-    checkpoint_cache: Path, image_root: Path, data_dir: Path | None = None
-) -> AppConfig:
-    """The application as the integration tests run it: every model tiny, small limits; the
-    store under ``data_dir`` (default: a ``data`` folder beside the image root)."""
-    return AppConfig.model_validate(
-        {
-            "profile": "test",
-            "checkpoint_cache_dir": str(checkpoint_cache),
-            # Off here so that batched-equals-single tests compute every answer; the cache
-            # has its own app in test_cache_http.py.
-            "cache": {"backend": "none"},
-            "admin": {"api_key": TEST_ADMIN_KEY, "debug": False},
-            "ingress": {
-                "image_root": str(image_root),
-                "max_image_bytes": TEST_MAX_IMAGE_BYTES,
-                "max_image_pixels": TEST_MAX_IMAGE_PIXELS,
-                "max_batch_images": TEST_MAX_BATCH_IMAGES,
-                "max_upload_images": TEST_MAX_UPLOAD_IMAGES,
-                "max_prompt_chars": TEST_MAX_PROMPT_CHARS,
-                "max_question_chars": TEST_MAX_QUESTION_CHARS,
-                "max_history_page": TEST_MAX_HISTORY_PAGE,
-                "max_text_chars": TEST_MAX_TEXT_CHARS,
-                "max_encode_items": TEST_MAX_ENCODE_ITEMS,
-                "deployment": {
-                    "max_ongoing_requests": 64,
-                    "request_timeout_s": 120,
-                    "ray_actor_options": {"num_cpus": 0.1},
-                },
-            },
-            "models": {
-                "blip": {
-                    "source": "tiny:blip-caption",
-                    "device": "cpu",
-                    "torch_threads": 1,
-                    "generation": {"max_new_tokens": 12},
-                    "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                    "deployment": {
-                        "max_ongoing_requests": 16,
-                        "ray_actor_options": {"num_cpus": 0.5},
-                    },
-                },
-                "blip2": tiny_vlm_config("blip2", caption_instruction=None),
-                "gemma": tiny_vlm_config("gemma3"),
-                "intern_vlm": tiny_vlm_config("internvl"),
-            },
-            "vqa": {
-                "source": "tiny:blip-vqa",
-                "device": "cpu",
-                "torch_threads": 1,
-                "generation": {"max_new_tokens": 6},
-                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-            },
-            "clip_image": {
-                "source": "tiny:clip",
-                "device": "cpu",
-                "torch_threads": 1,
-                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-            },
-            "clip_text": {
-                "source": "tiny:clip-multilingual",
-                "device": "cpu",
-                "torch_threads": 1,
-                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-            },
-            "sd": tiny_generator_config("sd"),
-            "sdxl": tiny_generator_config("sdxl", guidance_scale=5.0),
-            # The explicit switch that lets the tests' own HTTP servers, bound to 127.0.0.2, be
-            # fetched; every other private address, 127.0.0.1 and "localhost" too, stays refused.
-            "image_fetch": {
-                "allowed_networks": [f"{TEST_IMAGE_HOST}/32"],
-                "read_timeout_s": 1.0,
-                "total_timeout_s": 3.0,
-            },
-            "store": {
-                "backend": "sqlite",
-                "data_dir": str(data_dir or image_root.parent / "data"),
-            },
-        }
-    )
-
-
-@contextlib.contextmanager
-def serving_on_image_host(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """A test HTTP server on :data:`TEST_IMAGE_HOST`, the one address the test profile lets
-    the app fetch from; yields its base URL."""
-    server = ThreadingHTTPServer((TEST_IMAGE_HOST, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://{TEST_IMAGE_HOST}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_instance() -> Iterator[int]:
     """One Ray instance and Serve HTTP proxy for the session; yields the HTTP port."""
@@ -246,29 +76,6 @@ def ray_instance() -> Iterator[int]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     release_ray()
-
-
-def release_ray() -> None:
-    """Shut Serve and Ray down if this process started them."""
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
-
-
-@dataclass(frozen=True)
-class RunningApp:
-    """The application under test, reachable over HTTP."""
-
-    url: str
-    image_root: Path
-    config: AppConfig
-
-    def client(self, timeout: float = 60.0) -> httpx.Client:
-        """An HTTP client bound to the app."""
-        return httpx.Client(base_url=self.url, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -289,84 +96,6 @@ def app(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Iterator
 
     if ray.is_initialized():  # command-line tests may have released it already
         serve.delete("vlgraph")
-
-
-def wait_until_healthy(url: str, timeout_s: float = 120.0) -> None:
-    """Poll ``GET /healthz`` until it answers 200: every model deployment reachable (``GET /``
-    answers 200 as soon as the ingress runs, while models may still be starting)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not become healthy within {timeout_s} s")
-        time.sleep(0.5)
-
-
-class RedisServer:
-    """A real ``redis-server`` on a free loopback port, stoppable and restartable. With
-    ``aof_folder`` it keeps an append-only file there, fsynced on every write, so its data
-    survives a restart (or a SIGKILL); without, it keeps nothing."""
-
-    def __init__(self, aof_folder: Path | None = None) -> None:
-        self.port = free_port()
-        self.aof_folder = aof_folder
-        self._process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """Start the server (same port and folder on a restart) and wait until it answers."""
-        import redis
-
-        if self.aof_folder is not None:
-            self.aof_folder.mkdir(parents=True, exist_ok=True)
-            persistence = ["--appendonly", "yes", "--appendfsync", "always"]
-            persistence += ["--dir", str(self.aof_folder)]
-        else:
-            persistence = ["--appendonly", "no"]
-        address = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        self._process = subprocess.Popen(
-            ["redis-server", *address, *persistence],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler gets to write anything more."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-
-    def pause(self) -> None:
-        """SIGSTOP: a hung server. The kernel still accepts connections on its port, but
-        nothing answers until :meth:`resume`."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`: the server answers again, its data intact."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """Stop the server (without ``aof_folder`` its data is gone)."""
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-            self._process = None
 
 
 @pytest.fixture(scope="session")

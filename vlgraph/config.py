@@ -95,7 +95,7 @@ class DeploymentOptions(StrictModel):
         ge=1,
         description="Requests sent to one replica at once; caps the batch size. Keep it "
         "several batches deep: requests past it wait in the caller's router, which probes "
-        "the busy replica and slows it (BENCHMARKS.md).",
+        "the busy replica and slows it (docs/benchmarks.md).",
     )
     max_queued_requests: int = Field(
         256,

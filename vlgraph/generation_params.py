@@ -5,6 +5,10 @@ taking the machine (documents 002 and 004).
 :class:`~vlgraph.messages.GenerationRequest` for one model: defaults from the model's
 :class:`~vlgraph.config.DiffusionConfig`, a random seed when none is given (reported back so
 the image can be made again), and a 422 naming the limit for anything out of bounds.
+
+The bounds are defined here once: the request model above, the OpenAPI document and the
+generator's own check (:func:`generation_problems`, in ``deployments/diffusion.py``) all read
+them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ from vlgraph.text_inputs import checked_text
 
 GeneratorName = Literal["sd", "sdxl"]
 
-#: Seeds fit a signed 64-bit integer, so that every client language can send them.
+#: Largest seed. ``torch.Generator.manual_seed`` takes up to 2**64 - 1 (and wraps negative
+#: seeds), but a seed must also survive every client: a signed 64-bit integer is the widest
+#: that JSON libraries of typed languages (int64) read back exactly, so the bound is 2**63 - 1
+#: for the request and for the generator alike.
 MAX_SEED = 2**63 - 1
 #: Height and width must be multiples of this (the VAE downsamples by 8).
 SIZE_MULTIPLE = 8
+#: Smallest height and width. The pipelines run from 8 px, but below 64 px the UNet's three
+#: downsamplings leave latents of 1 px and the images are noise; the config's ``max_height``
+#: and ``max_width`` start at 64 as well.
 MIN_SIZE = 64
 
 
@@ -106,6 +116,29 @@ def resolve_generation(
         guidance_scale=float(guidance),
         seed=seed,
     )
+
+
+def generation_problems(request: GenerationRequest, config: DiffusionConfig) -> list[str]:
+    """What is out of bounds in a resolved request, one phrase each (empty: nothing). The
+    generator checks again what :func:`resolve_generation` checked, with the same bounds."""
+    problems = []
+    if not 1 <= request.steps <= config.max_steps:
+        problems.append(f"steps {request.steps} is outside 1 to {config.max_steps}")
+    for side, value, most in (
+        ("height", request.height, config.max_height),
+        ("width", request.width, config.max_width),
+    ):
+        if not MIN_SIZE <= value <= most or value % SIZE_MULTIPLE:
+            problems.append(
+                f"{side} {value} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {most}"
+            )
+    if not 0 <= request.guidance_scale <= config.max_guidance_scale:
+        problems.append(
+            f"guidance_scale {request.guidance_scale} is outside 0 to {config.max_guidance_scale}"
+        )
+    if not 0 <= request.seed <= MAX_SEED:
+        problems.append(f"seed {request.seed} is outside 0 to {MAX_SEED}")
+    return problems
 
 
 def _checked_size(name: str, value: int | None, default: int, largest: int) -> int:

@@ -123,3 +123,11 @@ class GenerationEvent:
     step: int | None = None
     total_steps: int | None = None
     result: GenerationResult | None = None
+
+
+@dataclass(frozen=True)
+class SimilarImageRequest:
+    """An image to caption and the generation settings for its caption (prompt left empty)."""
+
+    image: bytes
+    generation: GenerationRequest

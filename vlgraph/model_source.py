@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vlgraph.config import TINY_PREFIX
 from vlgraph.errors import ModelUnavailableError
-from vlgraph.tiny_checkpoints import ensure_checkpoint, families
+from vlgraph.tiny import ensure_checkpoint, families
 
 #: Seconds to wait for the Hub before declaring it unreachable at start-up.
 HUB_PROBE_TIMEOUT_S = 5.0

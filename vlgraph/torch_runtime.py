@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 #: buffers of tens of MB at every generation step; by default glibc hands them back to the
 #: kernel each time (mmap/trim), and worker threads use arenas whose 64 MB heaps force large
 #: buffers to mmap. The page faults cost BLIP-base generate about 15% of its time on 2 cores
-#: (BENCHMARKS.md). One arena and no trimming keep the memory in the process; RSS stays at
+#: (docs/benchmarks.md). One arena and no trimming keep the memory in the process; RSS stays at
 #: its peak, which is a model server's steady state anyway.
 CPU_ALLOCATOR_ENV: dict[str, str] = {
     "MALLOC_ARENA_MAX": "1",

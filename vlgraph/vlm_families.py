@@ -3,7 +3,7 @@
 A :class:`VisionLanguageFamily` hides what differs between BLIP-2 (OPT), Gemma 3 and
 InternVL 3: the prompt format, how images are passed, the stop tokens, and which tokens start
 a "yes" or a "no" answer. The same code loads a tiny checkpoint from
-:mod:`vlgraph.tiny_checkpoints` and a real Hub snapshot.
+:mod:`vlgraph.tiny` and a real Hub snapshot.
 
 Usage::
 
@@ -94,6 +94,11 @@ class VisionLanguageFamily:
             output_ids = output_ids[:, prompt_length:]
         texts = processor.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
         return [text.strip() for text in texts]
+
+    def prompt_tokens(self, inputs: BatchFeature) -> list[int]:
+        """Per row of :meth:`inputs`, the positions its prompt takes in the language model:
+        text and image tokens, padding left out. Generation adds its new tokens after them."""
+        return [int(count) for count in inputs["attention_mask"].sum(dim=1).tolist()]
 
     def answer_token_ids(self, processor: Any) -> tuple[list[int], list[int]]:
         """Token ids that start a "yes" answer and a "no" answer (disjoint, sorted).

@@ -1,0 +1,60 @@
+"""What every route of one ingress replica works with: its settings, the model gateway, the
+image store and the image fetcher, built once when the replica starts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ray.serve.handle import DeploymentHandle
+
+from deployments.ingress.gateway import PIPELINE, ModelGateway
+from deployments.ingress.settings import IngressSettings
+from vlgraph.cache import make_result_cache
+from vlgraph.config import IngressConfig
+from vlgraph.image_store import ImageStore, make_image_store
+from vlgraph.safe_fetch import ImageFetcher
+from vlgraph.service_metrics import service_metrics
+
+
+@dataclass
+class IngressContext:
+    """One ingress replica's services, handed to every route module's router factory."""
+
+    settings: IngressSettings
+    gateway: ModelGateway
+    store: ImageStore
+    fetcher: ImageFetcher
+
+    @classmethod
+    def create(
+        cls, handles: Mapping[str, DeploymentHandle], settings: IngressSettings
+    ) -> IngressContext:
+        """The services of an ingress with these model handles and settings."""
+        cache = make_result_cache(settings.cache, service_metrics().count_cache_event)
+        gateway = ModelGateway(
+            handles,
+            settings.catalog,
+            settings.profile,
+            cache=cache,
+            fingerprints=settings.fingerprints,
+            timeouts=settings.timeouts,
+        )
+        return cls(
+            settings=settings,
+            gateway=gateway,
+            store=make_image_store(settings.store),
+            fetcher=ImageFetcher(settings.image_fetch, settings.config.max_image_bytes),
+        )
+
+    @property
+    def config(self) -> IngressConfig:
+        """The ingress's limits."""
+        return self.settings.config
+
+    def deployments(self) -> dict[str, str]:
+        """Each served model's deployment name by model name, and the pipeline's."""
+        named = {model.name: model.deployment for model in self.settings.catalog.served}
+        if self.gateway.has_pipeline():
+            named[PIPELINE] = PIPELINE
+        return named

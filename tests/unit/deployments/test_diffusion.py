@@ -1,0 +1,351 @@
+"""The text-to-image generator class in-process (no Ray), on tiny SD and SDXL pipelines:
+seeds reproduce images, the service gives the pipeline's own pixels, batches equal single calls,
+streams report every step and stop when their consumer leaves, bounds are enforced per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+import vlgraph.tiny.stable_diffusion  # noqa: F401  (registers the sd and sdxl builders)
+from deployments.diffusion import (
+    DiffusionGenerator,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationResult,
+    GenerationTimedOut,
+)
+from vlgraph.config import DiffusionConfig
+from vlgraph.tiny import ensure_checkpoint
+
+FAMILIES = ["sd", "sdxl"]
+PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+MAX_STEPS = 50
+
+
+def _config(family: str, **fields: Any) -> DiffusionConfig:
+    return DiffusionConfig(
+        family=family,
+        source=f"tiny:{family}",
+        device="cpu",
+        default_steps=2,
+        max_steps=MAX_STEPS,
+        default_size=64,
+        max_height=128,
+        max_width=128,
+        **fields,
+    )
+
+
+def _request(prompt: str = "a red car on the street", **fields: Any) -> GenerationRequest:
+    values: dict[str, Any] = {
+        "negative_prompt": None,
+        "height": 64,
+        "width": 64,
+        "steps": 2,
+        "guidance_scale": 7.5,
+        "seed": 1,
+    }
+    return GenerationRequest(prompt=prompt, **(values | fields))
+
+
+def _pixels(result: GenerationResult) -> np.ndarray:
+    assert result.error is None, result.error
+    return np.asarray(Image.open(io.BytesIO(result.image_png)).convert("RGB")).astype(int)
+
+
+def _assert_same_image_up_to_batching(batched: GenerationResult, single: GenerationResult) -> None:
+    """A row of a batched call against the same request alone: equal up to one level.
+
+    CPU float32 kernels (oneDNN convolutions, GEMM, attention) pick their blocking by batch
+    size, so one row's activations differ in the last bits between batch sizes (measured on
+    the tiny pipelines: text encoder 5e-7, UNet 1e-6, VAE 1e-5); a few pixels then round to the
+    neighbouring 8-bit value. Calls with the same batch composition are bit-exact.
+    """
+    assert batched.seed == single.seed and batched.nsfw == single.nsfw
+    assert np.abs(_pixels(batched) - _pixels(single)).max() <= 1
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def generator(request: pytest.FixtureRequest, checkpoint_cache: Path) -> DiffusionGenerator:
+    family = request.param
+    return DiffusionGenerator(_config(family), str(checkpoint_cache), f"{family}-test")
+
+
+def test_tiny_checkpoints_are_small_and_load_through_the_auto_pipeline(
+    checkpoint_cache: Path,
+) -> None:
+    for family, pipeline_class in PIPELINES.items():
+        folder = ensure_checkpoint(family, checkpoint_cache)
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        assert size < 2_000_000
+        AutoPipelineForText2Image.from_pretrained(folder)  # imports the model code once
+        started = time.perf_counter()
+        pipe = AutoPipelineForText2Image.from_pretrained(folder)
+        assert time.perf_counter() - started < 2
+        assert type(pipe) is pipeline_class
+        if family == "sd":
+            assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+            assert type(pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"
+        else:
+            assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+            assert pipe.unet.config.addition_embed_type == "text_time"
+
+
+def test_seed_and_prompt_decide_the_image(generator: DiffusionGenerator) -> None:
+    first, again, other_seed, other_prompt = (
+        generator.generate_now([request])[0]
+        for request in (
+            _request(),
+            _request(),
+            _request(seed=2),
+            _request("two dogs in a green field"),
+        )
+    )
+    assert first.seed == 1 and other_seed.seed == 2
+    assert np.array_equal(_pixels(first), _pixels(again))
+    assert not np.array_equal(_pixels(first), _pixels(other_seed))
+    assert not np.array_equal(_pixels(first), _pixels(other_prompt))
+    assert _pixels(first).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("negative_prompt", [None, "blurry"])
+def test_served_image_is_the_pipelines_own(
+    generator: DiffusionGenerator, checkpoint_cache: Path, negative_prompt: str | None
+) -> None:
+    request = _request(negative_prompt=negative_prompt, width=96, steps=3, seed=7)
+    served = generator.generate_now([request])[0]
+
+    folder = ensure_checkpoint(generator.family, checkpoint_cache)
+    pipe = PIPELINES[generator.family].from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def reference():
+        return pipe(
+            prompt=request.prompt,
+            negative_prompt=negative_prompt,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            generator=torch.Generator().manual_seed(request.seed),
+            output_type="pil",
+        )
+
+    # On the replica's model thread, whose torch thread count the float results depend on
+    # (torch sets intra-op threads per calling thread; other tests change the main thread's).
+    output = generator._model_thread.call(reference)
+    assert np.array_equal(_pixels(served), np.asarray(output.images[0]).astype(int))
+
+
+def test_batch_equals_single_calls(
+    generator: DiffusionGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [
+        _request("a red car on the street", seed=1),
+        _request("a cat", seed=2, height=96),
+        _request("two dogs in a green field", seed=3),
+        _request("a cat", seed=2, negative_prompt="blue"),
+        _request("a house near the water", seed=4, height=96),
+        _request("a tree", seed=5, negative_prompt="people"),
+    ]
+    singles = [generator.generate_now([request])[0] for request in requests]
+
+    group_sizes: list[int] = []
+    run = generator._run
+
+    def counting_run(
+        group: list[GenerationRequest], *args: Any, **kwargs: Any
+    ) -> list[GenerationResult]:
+        group_sizes.append(len(group))
+        return run(group, *args, **kwargs)
+
+    monkeypatch.setattr(generator, "_run", counting_run)
+    batched = generator.generate_now(requests)
+    # One call per (size, steps, guidance, has negative prompt): 64 px plain, 96 px, negative.
+    assert sorted(group_sizes) == [2, 2, 2]
+    for one_of_batch, single in zip(batched, singles, strict=True):
+        _assert_same_image_up_to_batching(one_of_batch, single)
+
+
+def test_stream_reports_each_step_then_the_image(generator: DiffusionGenerator) -> None:
+    request = _request(steps=3, seed=5)
+
+    async def collect() -> list[GenerationEvent]:
+        return [event async for event in generator.generate_stream(request)]
+
+    events = asyncio.run(collect())
+    assert [(event.kind, event.step, event.total_steps) for event in events[:-1]] == [
+        ("step", 1, 3),
+        ("step", 2, 3),
+        ("step", 3, 3),
+    ]
+    assert events[-1].kind == "image"
+    assert events[-1].result == generator.generate_now([request])[0]
+
+
+@pytest.mark.parametrize("how", ["close", "cancel"])
+def test_a_stream_left_early_stops_the_pipeline(
+    generator: DiffusionGenerator, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    scheduler = generator._pipe.scheduler
+    step = scheduler.step
+    calls = 0
+
+    def slow_step(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.05)  # the whole request would take 2.5 s
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "step", slow_step)
+    request = _request(steps=MAX_STEPS)
+
+    async def leave_after_two_steps() -> list[GenerationEvent]:
+        seen: list[GenerationEvent] = []
+        if how == "close":
+            stream = generator.generate_stream(request)
+            seen += [await anext(stream), await anext(stream)]
+            await stream.aclose()
+            return seen
+        two_seen = asyncio.Event()
+
+        async def consume() -> None:
+            async for event in generator.generate_stream(request):
+                seen.append(event)
+                if len(seen) == 2:
+                    two_seen.set()
+
+        task = asyncio.create_task(consume())
+        await two_seen.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return seen
+
+    seen = asyncio.run(leave_after_two_steps())
+    generator._model_thread.call(lambda: None)  # wait until the model thread is idle
+    assert [event.step for event in seen] == [1, 2]
+    assert 2 <= calls <= 10
+    monkeypatch.undo()
+    assert generator.generate_now([_request()])[0].error is None
+
+
+def test_nsfw_is_reported_only_where_a_checker_runs(
+    generator: DiffusionGenerator, checkpoint_cache: Path
+) -> None:
+    result = generator.generate_now([_request()])[0]
+    if generator.family == "sdxl":
+        assert result.nsfw is None
+        return
+    assert result.nsfw is False
+    unchecked = DiffusionGenerator(
+        _config("sd", safety_checker=False), str(checkpoint_cache), "sd-unchecked"
+    )
+    plain = unchecked.generate_now([_request()])[0]
+    assert plain.nsfw is None
+    assert np.array_equal(_pixels(plain), _pixels(result))
+
+
+def test_the_tiny_safety_checker_can_flag(generator: DiffusionGenerator) -> None:
+    if generator.family == "sdxl":
+        pytest.skip("SDXL has no safety checker")
+    thresholds = generator._pipe.safety_checker.concept_embeds_weights
+    saved = thresholds.clone()
+    try:
+        with torch.no_grad():
+            thresholds.fill_(-1.0)  # every cosine similarity is above -1
+        flagged = generator.generate_now([_request()])[0]
+    finally:
+        with torch.no_grad():
+            thresholds.copy_(saved)
+    assert flagged.nsfw is True
+    assert not _pixels(flagged).any()  # the pipeline blacks flagged images out
+
+
+def test_out_of_bounds_requests_fail_alone(generator: DiffusionGenerator) -> None:
+    requests = [
+        _request(seed=1),
+        _request(steps=MAX_STEPS + 1),
+        _request(height=136),
+        _request(width=60),
+        _request(guidance_scale=25.0),
+        _request(seed=2),
+    ]
+    results = generator.generate_now(requests)
+    for refused in results[1:5]:
+        assert refused.image_png is None and refused.error is not None
+        assert refused.error.status == 422 and refused.error.code == "generation_out_of_bounds"
+    assert "steps 51" in results[1].error.message
+    _assert_same_image_up_to_batching(results[0], generator.generate_now([requests[0]])[0])
+    _assert_same_image_up_to_batching(results[5], generator.generate_now([requests[5]])[0])
+
+
+def test_a_failing_group_fails_alone(
+    generator: DiffusionGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = generator._run
+
+    def fail_tall_images(
+        group: list[GenerationRequest], *args: Any, **kwargs: Any
+    ) -> list[GenerationResult]:
+        if group[0].height == 96:
+            raise RuntimeError("out of memory")
+        return run(group, *args, **kwargs)
+
+    monkeypatch.setattr(generator, "_run", fail_tall_images)
+    results = generator.generate_now([_request(), _request(height=96), _request(seed=3)])
+    assert results[1].error is not None and results[1].error.status == 500
+    assert results[1].error.code == "inference_failed"
+    assert results[0].error is None and results[2].error is None
+
+
+def test_stream_refuses_out_of_bounds_requests(generator: DiffusionGenerator) -> None:
+    async def collect() -> list[GenerationEvent]:
+        return [event async for event in generator.generate_stream(_request(steps=0))]
+
+    [event] = asyncio.run(collect())
+    assert event.kind == "error" and event.result.error.status == 422
+
+
+def test_reconfigure_applies_batch_settings(generator: DiffusionGenerator) -> None:
+    generator.reconfigure({"batching": {"max_batch_size": 3, "batch_wait_timeout_s": 0.2}})
+    assert generator._generate_batch._get_max_batch_size() == 3
+    assert generator._generate_batch._get_batch_wait_timeout_s() == 0.2
+
+
+def test_work_past_every_callers_deadline_is_skipped_or_stopped(
+    generator: DiffusionGenerator,
+) -> None:
+    """The caller gives up request_timeout_s after sending; a group nobody waits for any more
+    is not generated, and one whose deadline passes while it runs stops at its next step."""
+    timeout = generator._timeout_s
+    [stale] = generator._generate_in_groups([_request()], [time.monotonic() - timeout - 1])
+    assert stale.error is not None
+    assert (stale.error.status, stale.error.code) == (503, "model_timeout")
+    steps = []
+
+    def count(pipe: Any, index: int, timestep: Any, tensors: dict) -> dict:
+        steps.append(index)
+        return {}
+
+    long = _request(steps=MAX_STEPS, height=128, width=128)
+    with pytest.raises(GenerationTimedOut):
+        generator._model_thread.call(generator._run, [long], count, time.monotonic() + 0.05)
+    assert 0 < len(steps) < MAX_STEPS
+    # A fresh request in the same batch keeps the group alive: it is generated.
+    [given_up, awaited] = generator._generate_in_groups(
+        [_request(seed=5), _request(seed=5)], [time.monotonic() - timeout - 1, time.monotonic()]
+    )
+    assert given_up.error is None and awaited.error is None

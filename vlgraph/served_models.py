@@ -1,0 +1,62 @@
+"""What the ingress knows of each served model: its API name, its deployment and what it can
+do. The model registry (:mod:`graphs.registry`) writes these for the models a profile serves;
+the ingress reads them (model lookup, OpenAPI, ``GET /api/models``, health) without importing
+the registry or any model code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Capability(enum.StrEnum):
+    """One thing a served model does, named as the API and the page name it."""
+
+    CAPTION = "caption"
+    FLAG = "flag"
+    COLLECTIVE = "collective"
+    ANSWER = "answer"
+    EMBED_IMAGE = "embed_image"
+    EMBED_TEXT = "embed_text"
+    GENERATE = "generate"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model the running profile serves."""
+
+    name: str
+    label: str
+    deployment: str
+    capabilities: frozenset[Capability]
+    random_weights: bool = False
+
+    def can(self, capability: Capability) -> bool:
+        """Whether this model does ``capability``."""
+        return capability in self.capabilities
+
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    """Every model name the application knows (served or not) and the ones this profile
+    serves, in registry order."""
+
+    known: dict[str, frozenset[Capability]]
+    served: tuple[ServedModel, ...]
+
+    def get(self, name: str) -> ServedModel | None:
+        """The served model called ``name``, or None."""
+        return next((model for model in self.served if model.name == name), None)
+
+    def names(self, capability: Capability | None = None) -> tuple[str, ...]:
+        """Served models' names, all or those that do ``capability``."""
+        return tuple(
+            model.name for model in self.served if capability is None or model.can(capability)
+        )
+
+    def known_names(self, capability: Capability | None = None) -> tuple[str, ...]:
+        """Every model name the application knows, all or those that do ``capability``."""
+        return tuple(
+            name for name, does in self.known.items() if capability is None or capability in does
+        )
