@@ -240,9 +240,9 @@ def naive_server(
     path_name: str, checkpoints: list[Path], threads: int
 ) -> Iterator[tuple[str, int]]:
     """``bench/naive_server.py``: the same routes served by one FastAPI process that runs
-    the model on each request as it comes, one at a time, no batching (what documents 000
-    and 001 do), from ``checkpoints`` (one per model of the path, in its order). Yields its
-    URL and pid; stopped at the end."""
+    the model on each request as it comes, one at a time, no batching (what the original
+    captioning services do), from ``checkpoints`` (one per model of the path, in its order).
+    Yields its URL and pid; stopped at the end."""
     arguments = [path_name, *(str(checkpoint) for checkpoint in checkpoints)]
     with _naive_process(arguments, threads) as (url, pid):
         yield url, pid
@@ -356,13 +356,13 @@ def write_report(name: str, report: dict[str, Any], output: Path | None = None) 
     print(f"peak memory (MiB): {report['memory_mib']}")
     for key, value in (report.get("extra") or {}).items():
         print(f"{key}: {json.dumps(value)}")
-    document = {
+    written = {
         **report,
         "served": [asdict(level) for level in served],
         "naive": [asdict(level) for level in naive],
     }
     target = output or RESULTS_DIR / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(document, indent=2, default=str))
+    target.write_text(json.dumps(written, indent=2, default=str))
     print(f"wrote {target}")
     return target

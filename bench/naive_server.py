@@ -1,5 +1,6 @@
 """The naive baseline: one FastAPI process that loads the model and runs it inside each
-request handler, one request at a time, no batching, as documents 000 and 001 serve.
+request handler, one request at a time, no batching, as the original captioning services
+serve.
 
     python bench/naive_server.py PATH CHECKPOINT [CHECKPOINT ...] --port 8123 [--threads 2]
     python bench/naive_server.py --mount PATH CHECKPOINT ... [--mount PATH CHECKPOINT ...] ...
@@ -81,7 +82,8 @@ def clip_text(app: FastAPI, checkpoint: Path) -> None:
 
 @naive_route("cache_hit")
 def cached_captions(app: FastAPI, checkpoint: Path) -> None:
-    """Document 001's handler: key by the image's sha256, the model only on a miss."""
+    """The original multi-model captioning handler: key by the image's sha256, the model only
+    on a miss."""
     settings = served_model("cache_hit", "models.blip", {"models.blip": checkpoint})
     caption_list = blip_caption_call(settings)
     cache: dict[str, str] = {}
@@ -115,22 +117,22 @@ def caption_images_route(app: FastAPI, caption: Callable[[list[bytes]], list[str
 
 @naive_route("blip_caption")
 def blip_captions(app: FastAPI, checkpoint: Path) -> None:
-    """Documents 000 and 001's handler: BLIP on every upload as it comes."""
+    """The original captioning services' handler: BLIP on every upload as it comes."""
     settings = served_model("blip_caption", "models.blip", {"models.blip": checkpoint})
     caption_images_route(app, blip_caption_call(settings))
 
 
 @naive_route("vlm")
 def vlm_captions(app: FastAPI, checkpoint: Path) -> None:
-    """Document 001's VLM captions, one image at a time."""
+    """Multi-model captioning's VLM captions, one image at a time."""
     settings = served_model("vlm", "models.intern_vlm", {"models.intern_vlm": checkpoint})
     caption_images_route(app, vlm_caption_call(settings))
 
 
 @naive_route("blip_vqa")
 def blip_vqa(app: FastAPI, checkpoint: Path) -> None:
-    """Document 002's two routes: ``/upload`` keeps the bytes under a new id (no caption),
-    ``/question`` runs BLIP VQA on the stored image."""
+    """Visual question answering's two routes: ``/upload`` keeps the bytes under a new id
+    (no caption), ``/question`` runs BLIP VQA on the stored image."""
     answer = blip_vqa_call(served_model("blip_vqa", "vqa", {"vqa": checkpoint}))
     uploads: dict[str, bytes] = {}
 
@@ -148,7 +150,7 @@ def blip_vqa(app: FastAPI, checkpoint: Path) -> None:
 
 @naive_route("diffusion")
 def diffusion(app: FastAPI, checkpoint: Path) -> None:
-    """Document 002's ``POST /generate``: the pipeline on each request, a base64 PNG back."""
+    """Image generation's ``POST /generate``: the pipeline on each request, a base64 PNG back."""
     generate = diffusion_call(served_model("diffusion", "sd", {"sd": checkpoint}))
 
     @app.post("/generate")
@@ -165,7 +167,8 @@ def diffusion(app: FastAPI, checkpoint: Path) -> None:
 
 @naive_route("pipeline")
 def similar_image(app: FastAPI, blip_checkpoint: Path, sd_checkpoint: Path) -> None:
-    """Document 004's app: caption the upload, then generate from the caption, in one handler."""
+    """The original similar image generation app: caption the upload, then generate from the
+    caption, in one handler."""
     checkpoints = {"models.blip": blip_checkpoint, "sd": sd_checkpoint}
     caption = blip_caption_call(served_model("pipeline", "models.blip", checkpoints))
     generate = diffusion_call(served_model("pipeline", "sd", checkpoints))

@@ -372,7 +372,7 @@ def vlm_caption_request(inputs: BenchInputs, index: int) -> Request:
 
 
 def upload_images(url: str, inputs: BenchInputs) -> BenchInputs:
-    """``POST /upload`` each image once (document 002): the inputs with their ``image_id``."""
+    """``POST /upload`` each image once (visual question answering): inputs with ``image_id``."""
     uploaded = []
     with httpx.Client(base_url=url, timeout=1800) as client:
         for index, item in enumerate(inputs.items):
@@ -488,8 +488,9 @@ PATHS: dict[str, BenchPath] = {
             batch_from="clip_text",
         ),
         BenchPath(
-            # Document 001's cached captions: every timed request is a hit (the warm-up
-            # captioned each image once); naive: document 001's handler, an in-process dict.
+            # Multi-model captioning's cached captions: every timed request is a hit (the
+            # warm-up captioned each image once); naive: the original multi-model captioning
+            # service's handler, an in-process dict.
             name="cache_hit",
             checkpoints={"models.blip": "blip-caption"},
             make_inputs=photo_jpegs,
@@ -502,7 +503,8 @@ PATHS: dict[str, BenchPath] = {
             requests_minimum=64,
         ),
         BenchPath(
-            # Documents 000 and 001: every request reaches BLIP (no cache), fixed-length.
+            # BLIP captioning by path and multi-model captioning: every request reaches BLIP
+            # (no cache), fixed-length.
             name="blip_caption",
             checkpoints={"models.blip": "blip-caption"},
             make_inputs=photo_jpegs,
@@ -514,7 +516,8 @@ PATHS: dict[str, BenchPath] = {
             overrides={"models.blip": {"generation": BLIP_CAPTION_TOKENS}},
         ),
         BenchPath(
-            # Document 002: POST /question about images uploaded once before the sweep.
+            # Visual question answering: POST /question about images uploaded once before
+            # the sweep.
             name="blip_vqa",
             checkpoints={"vqa": "blip-vqa"},
             make_inputs=image_questions,
@@ -527,7 +530,8 @@ PATHS: dict[str, BenchPath] = {
             prepare=upload_images,
         ),
         BenchPath(
-            # Document 001's VLM captions: InternVL3-1B size, its replica up from the start.
+            # Multi-model captioning's VLM captions: InternVL3-1B size, its replica up from
+            # the start.
             name="vlm",
             checkpoints={"models.intern_vlm": "internvl"},
             make_inputs=photo_jpegs,
@@ -540,7 +544,7 @@ PATHS: dict[str, BenchPath] = {
             overrides={"models.intern_vlm": {"generation": VLM_TOKENS, **ONE_REPLICA}},
         ),
         BenchPath(
-            # Document 002's POST /generate: Stable Diffusion 1.5 size, 256 px, 10 steps.
+            # Image generation, POST /generate: Stable Diffusion 1.5 size, 256 px, 10 steps.
             name="diffusion",
             checkpoints={"sd": "sd"},
             make_inputs=sentences,
@@ -553,8 +557,8 @@ PATHS: dict[str, BenchPath] = {
             overrides={"sd": ONE_REPLICA},
         ),
         BenchPath(
-            # Document 004's chain, BLIP caption -> Stable Diffusion: its target is against
-            # its own stages (``extra``), no raw model.
+            # Similar image generation's chain, BLIP caption -> Stable Diffusion: its target
+            # is against its own stages (``extra``), no raw model.
             name="pipeline",
             checkpoints={"models.blip": "blip-caption", "sd": "sd"},
             make_inputs=photo_jpegs,

@@ -1,6 +1,7 @@
-"""Document 003's encoders as deployments: CLIP's image side (``clip-ViT-B-32``) and the
-multilingual text model aligned with it (``clip-ViT-B-32-multilingual-v1``), both loaded by
-sentence-transformers from their Hub layout, both answering 512 floats.
+"""The encoders of the CLIP embeddings as deployments: CLIP's image side
+(``clip-ViT-B-32``) and the multilingual text model aligned with it
+(``clip-ViT-B-32-multilingual-v1``), both loaded by sentence-transformers from their Hub
+layout, both answering 512 floats.
 
 One class serves either modality; ``@serve.batch`` gathers concurrent requests into one
 ``encode`` call on the model thread (the replica skeleton of :mod:`deployments.replica`

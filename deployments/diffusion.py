@@ -1,4 +1,5 @@
-"""Text-to-image deployment: Stable Diffusion 1.x or SDXL through diffusers (documents 002, 004).
+"""Text-to-image deployment of image generation and similar image generation: Stable
+Diffusion 1.x or SDXL through diffusers.
 
 On the replica skeleton (:mod:`deployments.replica`), which owns the model thread, device,
 loading and batching: this module loads ``StableDiffusionPipeline`` or
@@ -34,7 +35,6 @@ from typing import Any
 
 from ray import serve
 
-import vlgraph.tiny.stable_diffusion  # noqa: F401  (registers the "tiny:sd" and "tiny:sdxl" builders)
 from deployments.replica import ModelReplica, logger
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ItemError, ServiceError, ServiceUnavailableError

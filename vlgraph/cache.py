@@ -6,9 +6,10 @@ ingress replica). A Redis failure never fails a request: the call gives up after
 timeout, counts the error and behaves as a miss; redis-py reconnects on a later call, so the
 cache comes back with Redis.
 
-Keys are namespaced and versioned as document 001 writes them, and carry the model and a
-digest of every parameter that changes the answer, so one model's answer is never served for
-another's request: ``{namespace}:v1:img:{sha256(image)}:{model}:{params}`` and
+Keys are namespaced and versioned as the original multi-model captioning service wrote them,
+and carry the model and a digest of every parameter that changes the answer, so one model's
+answer is never served for another's request:
+``{namespace}:v1:img:{sha256(image)}:{model}:{params}`` and
 ``{namespace}:v1:collection:{sha256(image hashes)}:{model}:{params}``.
 """
 

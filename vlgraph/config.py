@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
+from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
+
 #: Sources of this form name a tiny random checkpoint the project writes itself.
 TINY_PREFIX = "tiny:"
 
@@ -237,15 +239,15 @@ class AnswerGenerationConfig(CaptionGenerationConfig):
 
 
 class BlipVqaConfig(ModelFamilyConfig):
-    """BLIP visual question answering (``BlipForQuestionAnswering``, document 002)."""
+    """BLIP for visual question answering with uploads (``BlipForQuestionAnswering``)."""
 
     source: str = "Salesforce/blip-vqa-base"
     generation: AnswerGenerationConfig = Field(default_factory=AnswerGenerationConfig)
 
 
 class EncoderConfig(ModelFamilyConfig):
-    """A sentence-transformers encoder of document 003: CLIP's image side or the multilingual
-    text model aligned with it, both 512-dimensional in one space."""
+    """A sentence-transformers encoder of the CLIP embeddings: CLIP's image side or the
+    multilingual text model aligned with it, both 512-dimensional in one space."""
 
     source: str = Field(
         description="Hub id, local folder or 'tiny:clip' / 'tiny:clip-multilingual'."
@@ -256,18 +258,22 @@ DiffusionFamilyName = Literal["sd", "sdxl"]
 
 
 class DiffusionConfig(ModelFamilyConfig):
-    """A text-to-image pipeline of diffusers (documents 002 and 004): Stable Diffusion
-    (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``), with the bounds that
-    keep one request from taking the machine."""
+    """A text-to-image pipeline of diffusers (image generation, similar image generation):
+    Stable Diffusion (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``),
+    with the bounds that keep one request from taking the machine."""
 
     family: DiffusionFamilyName = Field(description="sd: Stable Diffusion 1.x; sdxl: SDXL.")
     default_steps: int = Field(25, ge=1, le=500, description="Denoising steps when not asked.")
     max_steps: int = Field(50, ge=1, le=500, description="Most steps a request may ask for.")
     default_size: int = Field(
-        512, ge=64, le=4096, multiple_of=8, description="Height and width when not asked."
+        512,
+        ge=MIN_SIZE,
+        le=4096,
+        multiple_of=SIZE_MULTIPLE,
+        description="Height and width when not asked.",
     )
-    max_height: int = Field(768, ge=64, le=4096, multiple_of=8)
-    max_width: int = Field(768, ge=64, le=4096, multiple_of=8)
+    max_height: int = Field(768, ge=MIN_SIZE, le=4096, multiple_of=SIZE_MULTIPLE)
+    max_width: int = Field(768, ge=MIN_SIZE, le=4096, multiple_of=SIZE_MULTIPLE)
     guidance_scale: float = Field(7.5, ge=0, le=50, description="Default classifier-free guidance.")
     max_guidance_scale: float = Field(20.0, ge=0, le=50)
     safety_checker: bool = Field(
@@ -380,7 +386,8 @@ class IngressConfig(StrictModel):
     upload_formats: tuple[ImageFormat, ...] = Field(
         ("JPEG", "PNG"),
         min_length=1,
-        description="Formats POST /upload stores (document 002: PNG, JPG, JPEG), by content.",
+        description="Formats POST /upload stores, by content; the original VQA service took "
+        "PNG, JPG and JPEG.",
     )
     max_question_chars: int = Field(
         500, ge=1, le=10_000, description="Longest question for POST /question (422 past it)."
@@ -458,7 +465,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 class CacheConfig(StrictModel):
-    """The ingress's result cache. Defaults follow document 001's environment variables:
+    """The ingress's result cache. Defaults follow multi-model captioning's variables:
     ``REDIS_HOST`` (set: Redis, unset: in-process), ``REDIS_PORT``, ``REDIS_DB``,
     ``CACHE_TTL_SECONDS``."""
 
@@ -486,8 +493,8 @@ class CacheConfig(StrictModel):
 
 
 class ImageFetchConfig(StrictModel):
-    """How ``image_url`` inputs are fetched (document 003). By default only public internet
-    addresses are reachable: every address a host resolves to must be global."""
+    """How ``image_url`` inputs are fetched (CLIP embeddings). By default only public
+    internet addresses are reachable: every address a host resolves to must be global."""
 
     allowed_domains: tuple[str, ...] = Field(
         (),
@@ -520,10 +527,11 @@ DEFAULT_DATA_DIR = Path("data")
 
 
 class StoreConfig(StrictModel):
-    """Where uploaded images, their captions and their question history are kept (document
-    002). ``sqlite``: one SQLite file plus image files under ``data_dir``, for one machine
-    (ingress replicas on that machine share it). ``redis``: a Redis server that every ingress
-    replica of a multi-node cluster reaches; durable only with Redis's append-only file on."""
+    """Where uploaded images, their captions and their question history are kept (visual
+    question answering with uploads). ``sqlite``: one SQLite file plus image files under
+    ``data_dir``, for one machine (ingress replicas on that machine share it). ``redis``: a
+    Redis server that every ingress replica of a multi-node cluster reaches; durable only with
+    Redis's append-only file on."""
 
     backend: Literal["sqlite", "redis"] = Field(
         default_factory=lambda: _env_choice("VLGRAPH_STORE", ("sqlite", "redis"), "sqlite"),
@@ -561,7 +569,8 @@ def _env_flag(name: str) -> bool:
 
 
 class AdminConfig(StrictModel):
-    """Who may call ``/api/admin/*``. Defaults follow document 001: ``API_KEY`` and ``DEBUG``."""
+    """Who may call ``/api/admin/*``. Defaults follow multi-model captioning: ``API_KEY`` and
+    ``DEBUG``."""
 
     api_key: SecretStr | None = Field(
         default_factory=lambda: (
@@ -576,7 +585,7 @@ class AdminConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    """The similar-image pipeline deployment (document 004), which only awaits its captioner
+    """The pipeline deployment of similar image generation, which only awaits its captioner
     and generator: a sliver of a CPU and room for many requests."""
 
     deployment: DeploymentOptions = Field(
@@ -601,7 +610,7 @@ class AppConfig(StrictModel):
     profile: str = Field("custom", description="Name shown by the API, e.g. offline or gpu.")
     environment: Literal["development", "production", "test"] = Field(
         default_factory=lambda: (os.environ.get("ENV") or "development").strip().lower(),
-        description="Document 001's ENV. production refuses debug mode.",
+        description="ENV, as in multi-model captioning. production refuses debug mode.",
     )
     checkpoint_cache_dir: Path | None = Field(
         None,
@@ -619,29 +628,29 @@ class AppConfig(StrictModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     vqa: BlipVqaConfig | None = Field(
         default_factory=BlipVqaConfig,
-        description="Document 002's question answering (POST /question); null: not served.",
+        description="Visual question answering (POST /question); null: not served.",
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
     clip_image: EncoderConfig | None = Field(
         default_factory=lambda: EncoderConfig(source="sentence-transformers/clip-ViT-B-32"),
-        description="Document 003's image encoder (POST /encode_image); null: not served.",
+        description="CLIP image encoder (POST /encode_image); null: not served.",
     )
     clip_text: EncoderConfig | None = Field(
         default_factory=lambda: EncoderConfig(
             source="sentence-transformers/clip-ViT-B-32-multilingual-v1"
         ),
-        description="Document 003's multilingual text encoder (POST /encode_text).",
+        description="CLIP multilingual text encoder (POST /encode_text).",
     )
     image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     sd: DiffusionConfig | None = Field(
         default_factory=lambda: DiffusionConfig(
             family="sd", source="stable-diffusion-v1-5/stable-diffusion-v1-5"
         ),
-        description="Stable Diffusion for POST /generate (document 002); null: not served.",
+        description="Stable Diffusion for image generation (POST /generate); null: not served.",
     )
     sdxl: DiffusionConfig | None = Field(
         default_factory=default_sdxl,
-        description="SDXL for GET /generate-image and the similar-image pipeline (document 004).",
+        description="SDXL for similar image generation (GET /generate-image, the pipeline).",
     )
 
     similar_image: PipelineConfig = Field(

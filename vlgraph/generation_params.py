@@ -1,41 +1,35 @@
 """What a client may ask of an image generator, and the bounds that keep one request from
-taking the machine (documents 002 and 004).
+taking the machine (image generation and similar image generation).
 
 :func:`resolve_generation` turns the optional fields of a request into a complete
 :class:`~vlgraph.messages.GenerationRequest` for one model: defaults from the model's
 :class:`~vlgraph.config.DiffusionConfig`, a random seed when none is given (reported back so
 the image can be made again), and a 422 naming the limit for anything out of bounds.
 
-The bounds are defined here once: the request model above, the OpenAPI document and the
-generator's own check (:func:`generation_problems`, in ``deployments/diffusion.py``) all read
-them.
+The bounds are defined here once (the smallest side, :data:`MIN_SIZE`, and
+:data:`SIZE_MULTIPLE` come from :mod:`vlgraph.limits`, which the config reads too, and are
+re-exported here): the request model above, the OpenAPI document and the generator's own check
+(:func:`generation_problems`, in ``deployments/diffusion.py``) all read them.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ServiceError
+from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
 from vlgraph.messages import GenerationRequest
 from vlgraph.text_inputs import checked_text
-
-GeneratorName = Literal["sd", "sdxl"]
 
 #: Largest seed. ``torch.Generator.manual_seed`` takes up to 2**64 - 1 (and wraps negative
 #: seeds), but a seed must also survive every client: a signed 64-bit integer is the widest
 #: that JSON libraries of typed languages (int64) read back exactly, so the bound is 2**63 - 1
 #: for the request and for the generator alike.
 MAX_SEED = 2**63 - 1
-#: Height and width must be multiples of this (the VAE downsamples by 8).
-SIZE_MULTIPLE = 8
-#: Smallest height and width. The pipelines run from 8 px, but below 64 px the UNet's three
-#: downsamplings leave latents of 1 px and the images are noise; the config's ``max_height``
-#: and ``max_width`` start at 64 as well.
-MIN_SIZE = 64
 
 
 def _whole_number(value: object) -> object:

@@ -1,4 +1,5 @@
-"""Reading image files by path, confined to one image root folder (document 000's routes)."""
+"""Reading image files by path, confined to one image root folder (the routes of BLIP
+captioning by path)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The image store of document 002: uploaded (and generated) images, their captions and the
-questions asked about them, kept across restarts.
+"""The image store of visual question answering with uploads: uploaded (and generated)
+images, their captions and the questions asked about them, kept across restarts.
 
 Two backends behind one async interface, :class:`ImageStore`:
 

@@ -54,7 +54,7 @@ class CollectionCaptionRequest:
 
 @dataclass(frozen=True)
 class QuestionRequest:
-    """A question about one image (document 002's visual question answering)."""
+    """A question about one image (visual question answering with uploads)."""
 
     image: bytes
     question: str

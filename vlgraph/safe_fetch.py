@@ -1,9 +1,10 @@
 """Fetching an image by URL without letting a client reach internal addresses (SSRF guard).
 
-Document 003's ``POST /encode_image {"image_url": ...}`` makes the server open a URL a client
-chose. :class:`ImageFetcher` checks every hop before it connects: the scheme, the host against
-``allowed_domains``, and every address the host resolves to (loopback, private, link-local /
-cloud metadata, CGNAT, multicast, reserved ... are refused unless inside ``allowed_networks``).
+The CLIP embeddings' ``POST /encode_image {"image_url": ...}`` makes the server open a URL a
+client chose. :class:`ImageFetcher` checks every hop before it connects: the scheme, the host
+against ``allowed_domains``, and every address the host resolves to (loopback, private,
+link-local / cloud metadata, CGNAT, multicast, reserved ... are refused unless inside
+``allowed_networks``).
 It then connects to the address it checked, not to a second resolution of the name, so a DNS
 answer that changes between check and connect cannot redirect it. Bodies are read as sent:
 a compressed one (``Content-Encoding``, although the request asks for ``identity``) is refused

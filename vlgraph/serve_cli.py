@@ -1,5 +1,5 @@
-"""``vlgraph-serve PROFILE.yaml``: ``serve run`` with document 001's ``PORT`` (and ``HOST``)
-and a choice of how Serve carries HTTP (``VLGRAPH_SERVE_MODE``).
+"""``vlgraph-serve PROFILE.yaml``: ``serve run`` with the ``PORT`` (and ``HOST``) of
+multi-model captioning and a choice of how Serve carries HTTP (``VLGRAPH_SERVE_MODE``).
 
 Serve reads its listening address only from the profile's ``http_options``; there is no
 environment variable for it. This command validates ``PORT``/``HOST``, writes the profile

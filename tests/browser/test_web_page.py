@@ -266,6 +266,34 @@ def test_page_opens_with_the_offline_notice(page: Any) -> None:
     screenshot(page, "start")
 
 
+def test_model_menus_come_from_the_served_models(page: Any, page_url: str) -> None:
+    """Every model menu lists what GET /api/models says the profile serves for that task, in
+    its order and with its labels; the collective box follows the models that read sets."""
+    from selenium.webdriver.support.ui import Select
+
+    served = httpx.get(f"{page_url}/api/models", timeout=30).json()["models"]
+
+    def able(capability: str) -> list[tuple[str, str]]:
+        return [(m["name"], m["label"]) for m in served if capability in m["capabilities"]]
+
+    def menu(css: str) -> list[tuple[str, str]]:
+        options = Select(find(page, css)).options
+        return [(o.get_attribute("value"), o.get_attribute("textContent").strip()) for o in options]
+
+    assert menu("#caption-model") == able("caption")
+    assert menu("#generate-model") == able("generate")
+    assert menu("#similar-model") == able("generate")
+    assert Select(find(page, "#similar-model")).first_selected_option.get_attribute("value") == (
+        "sdxl"
+    )
+    collective = {name for name, _ in able("collective")}
+    for name, _ in able("caption"):
+        select(page, "#caption-model", name)
+        enabled = find(page, "#caption-collective").is_enabled()
+        assert enabled == (name in collective), name
+    select(page, "#caption-model", "blip")
+
+
 # ---- 1. captioning (document 001)
 
 

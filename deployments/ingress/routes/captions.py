@@ -137,6 +137,12 @@ class Captioning:
         self._config = context.config
         self._image_root = self._config.resolved_image_root()
 
+    def check_flags(self, model: str, flag_prompt: str | None) -> None:
+        """A flag question needs a model that answers yes/no: 400 before any upload is read
+        when ``model`` does not."""
+        if flag_prompt is not None:
+            self._gateway.handle(model, Capability.FLAG)
+
     def prompts(self, *prompts: str | None) -> list[str | None]:
         """Blank prompts count as absent; overlong ones are refused before any model runs."""
         return [
@@ -377,6 +383,7 @@ def router(context: IngressContext) -> APIRouter:
         """Caption each image; with several, a bad image gets its own ``error`` entry."""
         gateway.handle(model, Capability.CAPTION)  # refuses a model this profile does not serve
         caption_prompt, flag_prompt = captioning.prompts(caption_prompt, flag_caption_prompt)
+        captioning.check_flags(model, flag_prompt)
         uploads = await captioning.read_uploads(images)
         items = await asyncio.gather(
             *(
@@ -407,6 +414,7 @@ def router(context: IngressContext) -> APIRouter:
             model = able[0] if able else PATH_CAPTIONER
         handle = gateway.handle(model, Capability.COLLECTIVE)
         caption_prompt, flag_prompt = captioning.prompts(caption_prompt, flag_caption_prompt)
+        captioning.check_flags(model, flag_prompt)
         uploads = await captioning.read_uploads(images)
         for name, data in uploads:
             if isinstance(data, ItemError):

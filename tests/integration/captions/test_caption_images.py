@@ -4,6 +4,7 @@ collective captions, and every error case."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -219,3 +220,33 @@ def test_collective_caption_refuses_the_set_when_one_image_is_bad(app: RunningAp
     response = post(app, "/api/caption-collective-images", files, model="intern_vlm")
     assert response.status_code == 415, response.text
     assert "bad.jpg" in response.json()["error"]["message"]
+
+
+def test_a_prompt_past_the_models_context_is_a_422_with_both_numbers(app: RunningApp) -> None:
+    """Within the ingress's character limit but past the model's own positions (the tiny
+    BLIP reads 64): refused before the model runs, never a 500, and only where it applies."""
+    image = jpeg_bytes(noise_image(71))
+    long_prompt = "a " * 70
+    single = post(app, "/api/caption-images", [upload("a.jpg", image)], caption_prompt=long_prompt)
+    assert single.status_code == 422, single.text
+    error = single.json()["error"]
+    assert error["code"] == "prompt_too_long_for_model"
+    assert re.search(r"takes \d+ tokens; blip reads at most 64", error["message"]), error
+    flag = post(
+        app, "/api/caption-images", [upload("a.jpg", image)], flag_caption_prompt=long_prompt
+    )
+    assert flag.status_code == 422 and "at most 64" in flag.json()["error"]["message"]
+    several = post(
+        app,
+        "/api/caption-images",
+        [upload("a.jpg", image), upload("b.jpg", jpeg_bytes(noise_image(72)))],
+        caption_prompt=long_prompt,
+    )
+    assert several.status_code == 200, several.text
+    codes = [item["error"]["code"] for item in several.json()["results"]]
+    assert codes == ["prompt_too_long_for_model"] * 2
+    fits = post(
+        app, "/api/caption-images", [upload("a.jpg", image)], caption_prompt="a photo " * 10
+    )
+    assert fits.status_code == 200, fits.text
+    assert fits.json()["results"][0]["caption"].startswith("a photo a photo")

@@ -18,7 +18,6 @@ import torch
 from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-import vlgraph.tiny.stable_diffusion  # noqa: F401  (registers the sd and sdxl builders)
 from deployments.diffusion import (
     DiffusionGenerator,
     GenerationEvent,

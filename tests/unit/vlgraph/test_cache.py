@@ -91,12 +91,17 @@ def test_environment_variables_of_the_document_configure_the_cache(monkeypatch) 
     assert config.ttl_s == 120
 
 
+#: A database of the session's Redis that no application of the test session uses.
+CACHE_TEST_DB = 7
+
+
 def redis_result_cache(server: RedisServer, ttl_s: int = 60) -> ResultCache:
-    return ResultCache(backend=RedisCache("127.0.0.1", server.port, 0, 0.25), ttl_s=ttl_s)
+    backend = RedisCache("127.0.0.1", server.port, CACHE_TEST_DB, 0.25)
+    return ResultCache(backend=backend, ttl_s=ttl_s)
 
 
 def test_redis_hits_expire_and_reset_removes_only_our_keys(redis_server: RedisServer) -> None:
-    other = redis.Redis(port=redis_server.port)
+    other = redis.Redis(port=redis_server.port, db=CACHE_TEST_DB)
     other.set("someone-else:v1:img:abc", b"keep me")
     other.set("vlgraph-other:key", b"keep me too")
 
