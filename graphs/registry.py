@@ -20,6 +20,7 @@ from deployments.blip_caption import BlipCaptionDeployment
 from deployments.blip_vqa import BlipVqaDeployment
 from deployments.clip_encoder import ClipImageDeployment, ClipTextDeployment
 from deployments.diffusion import DiffusionDeployment
+from deployments.git_caption import GitCaptionDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
 from vlgraph.config import TINY_PREFIX, AppConfig, ModelFamilyConfig
 from vlgraph.served_models import Capability, ModelCatalog, ServedModel
@@ -97,6 +98,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         FLAG,
         COLLECTIVE,
     ),
+    _entry("git", "GIT", "models.git", GitCaptionDeployment, "git_caption", CAPTION),
     _entry("vqa", "BLIP VQA", "vqa", BlipVqaDeployment, "blip_vqa", Capability.ANSWER),
     _entry(
         "clip_image",

@@ -232,6 +232,13 @@ class BlipCaptionConfig(ModelFamilyConfig):
     generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
 
 
+class GitCaptionConfig(ModelFamilyConfig):
+    """GIT image captioning (``GitForCausalLM``): captions only, no yes/no flags."""
+
+    source: str = "microsoft/git-base-coco"
+    generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
+
+
 class AnswerGenerationConfig(CaptionGenerationConfig):
     """Decoding settings of a question-answering model: short answers, greedy."""
 
@@ -336,7 +343,7 @@ def _vision_language(family: VisionLanguageFamilyName, source: str, **fields: An
 
 class ModelsConfig(StrictModel):
     """Every model deployment of the application, keyed by the name used in the API
-    (``?model=blip|blip2|gemma|intern_vlm``). A model set to ``null`` is not served."""
+    (``?model=blip|blip2|gemma|intern_vlm|git``). A model set to ``null`` is not served."""
 
     blip: BlipCaptionConfig = Field(default_factory=BlipCaptionConfig)
     blip2: VisionLanguageConfig | None = _vision_language(
@@ -345,6 +352,9 @@ class ModelsConfig(StrictModel):
     gemma: VisionLanguageConfig | None = _vision_language("gemma3", "google/gemma-3-4b-it")
     intern_vlm: VisionLanguageConfig | None = _vision_language(
         "internvl", "OpenGVLab/InternVL3-1B-hf"
+    )
+    git: GitCaptionConfig | None = Field(
+        None, description="GIT captioning; served when a profile sets it (e.g. {} for the default)."
     )
 
     def served(self) -> dict[str, ModelFamilyConfig]:

@@ -23,6 +23,7 @@ EXPECTED_FAMILIES = [
     "clip",
     "clip-multilingual",
     "gemma3",
+    "git",
     "internvl",
     "sd",
     "sdxl",
