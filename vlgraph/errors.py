@@ -2,7 +2,7 @@
 
 Model deployments never raise through a batch: a failed item becomes an :class:`ItemError`
 next to its neighbours' results. The ingress turns either form into an HTTP response in one
-place (``deployments.http_errors``), so every route answers errors the same way.
+place (``deployments.ingress.errors``), so every route answers errors the same way.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def test_api_clients_get_json_and_browsers_get_the_page(page_url: str) -> None:
         assert asset in html.text  # the page loads it by a relative URL
     assert "http://" not in html.text and "https://" not in html.text  # no CDN
     assert httpx.get(f"{page_url}/static/missing.js", timeout=30).status_code == 404
-    escape = httpx.get(f"{page_url}/static/%2e%2e/web_page.py", timeout=30)
+    escape = httpx.get(f"{page_url}/static/%2e%2e/app.py", timeout=30)
     assert escape.status_code == 404
 
 
