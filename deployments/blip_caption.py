@@ -13,13 +13,13 @@ from typing import Any
 
 from ray import serve
 
-from deployments.replica import ModelReplica
+from deployments.replica import CaptionEntryPoints, FlagEntryPoints, ModelReplica
 from vlgraph.config import BlipCaptionConfig
 from vlgraph.flags import NO_WORDS, YES_WORDS, answer_token_ids, yes_beats_no
 from vlgraph.messages import CaptionRequest, CaptionResult, FlagRequest, FlagResult
 
 
-class BlipCaptioner(ModelReplica):
+class BlipCaptioner(CaptionEntryPoints, FlagEntryPoints, ModelReplica):
     """Captions images with ``BlipForConditionalGeneration``; greedy decoding by default."""
 
     batched_methods = ("_caption_batch", "_flag_batch")
@@ -47,19 +47,7 @@ class BlipCaptioner(ModelReplica):
 
         self._generate([Image.new("RGB", (32, 32))], None)
 
-    async def caption(self, request: CaptionRequest) -> CaptionResult:
-        """Caption one image; concurrent calls are batched together."""
-        return await self._caption_batch(request)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        return await self.run_batch(CaptionResult, self._caption_group_by_prompt, requests)
-
-    def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        """Caption a list of images as one batch, waiting for the model thread."""
-        return self.run_now(CaptionResult, self._caption_group_by_prompt, requests)
-
-    def _caption_group_by_prompt(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+    def caption_rows(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         """Decode each image, then one ``generate`` per prompt, on the model thread.
 
         BLIP only batches exactly when every sequence has the same text prefix, so requests
@@ -73,19 +61,8 @@ class BlipCaptioner(ModelReplica):
             lambda images, prompts: self._generate([image for (image,) in images], prompts[0]),
         )
 
-    async def flag(self, request: FlagRequest) -> FlagResult:
-        """Answer a yes/no question about one image; concurrent calls are batched."""
-        return await self._flag_batch(request)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _flag_batch(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        return await self.run_batch(FlagResult, self._flag_group_by_question, requests)
-
-    def flag_now(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        """Answer a list of flag questions as one batch, waiting for the model thread."""
-        return self.run_now(FlagResult, self._flag_group_by_question, requests)
-
-    def _flag_group_by_question(self, requests: list[FlagRequest]) -> list[FlagResult]:
+    def flag_rows(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        """One ``_score_yes_no`` per question group."""
         return self.in_groups(
             FlagResult,
             "flagged",

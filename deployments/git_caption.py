@@ -12,12 +12,12 @@ from typing import Any
 
 from ray import serve
 
-from deployments.replica import ModelReplica
+from deployments.replica import CaptionEntryPoints, ModelReplica
 from vlgraph.config import GitCaptionConfig
 from vlgraph.messages import CaptionRequest, CaptionResult
 
 
-class GitCaptioner(ModelReplica):
+class GitCaptioner(CaptionEntryPoints, ModelReplica):
     """Captions images with ``GitForCausalLM``; greedy decoding by default."""
 
     batched_methods = ("_caption_batch",)
@@ -42,20 +42,8 @@ class GitCaptioner(ModelReplica):
 
         self._generate([Image.new("RGB", (32, 32))], None)
 
-    async def caption(self, request: CaptionRequest) -> CaptionResult:
-        """Caption one image; concurrent calls are batched together."""
-        return await self._caption_batch(request)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        return await self.run_batch(CaptionResult, self._caption_group_by_prompt, requests)
-
-    def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        """Caption a list of images as one batch, waiting for the model thread."""
-        return self.run_now(CaptionResult, self._caption_group_by_prompt, requests)
-
-    def _caption_group_by_prompt(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        # Rows batch exactly when they share their text prefix: one generate per prompt.
+    def caption_rows(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """One ``_generate`` per prompt: rows batch exactly when they share their prefix."""
         return self.in_groups(
             CaptionResult,
             "caption",

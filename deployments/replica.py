@@ -29,9 +29,12 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
+from ray import serve
+
 from deployments.grouped_batches import GroupRunner, run_in_groups
 from vlgraph.config import BatchingConfig, ModelFamilyConfig
 from vlgraph.errors import InferenceError, ItemError, ServiceError
+from vlgraph.messages import CaptionRequest, CaptionResult, FlagRequest, FlagResult
 from vlgraph.model_source import resolve_model_path
 from vlgraph.model_thread import ModelThread
 from vlgraph.torch_runtime import apply_thread_limit, select_device, select_dtype
@@ -255,3 +258,46 @@ class ModelReplica:
         kept = [index for index, refusal in enumerate(refusals) if refusal is None]
         values = iter(run(*[[column[i] for i in kept] for column in columns]) if kept else ())
         return [next(values) if refusal is None else refusal for refusal in refusals]
+
+
+class CaptionEntryPoints:
+    """The captioning entry points of a :class:`ModelReplica` family: ``caption`` (one
+    image; concurrent calls batched by ``@serve.batch``) and ``caption_now`` (a list, as one
+    batch). The family writes :meth:`caption_rows`."""
+
+    async def caption(self, request: CaptionRequest) -> CaptionResult:
+        """Caption one image; concurrent calls are batched together."""
+        return await self._caption_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        return await self.run_batch(CaptionResult, self.caption_rows, requests)
+
+    def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """Caption a list of images as one batch, waiting for the model thread."""
+        return self.run_now(CaptionResult, self.caption_rows, requests)
+
+    def caption_rows(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """One result per request, in order (runs on the model thread)."""
+        raise NotImplementedError
+
+
+class FlagEntryPoints:
+    """The yes/no flag entry points of a :class:`ModelReplica` family: ``flag`` (batched)
+    and ``flag_now``. The family writes :meth:`flag_rows`."""
+
+    async def flag(self, request: FlagRequest) -> FlagResult:
+        """Answer a yes/no question about one image; concurrent calls are batched."""
+        return await self._flag_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _flag_batch(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        return await self.run_batch(FlagResult, self.flag_rows, requests)
+
+    def flag_now(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        """Answer a list of flag questions as one batch, waiting for the model thread."""
+        return self.run_now(FlagResult, self.flag_rows, requests)
+
+    def flag_rows(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        """One result per request, in order (runs on the model thread)."""
+        raise NotImplementedError

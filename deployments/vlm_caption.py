@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments.replica import ModelReplica
+from deployments.replica import CaptionEntryPoints, FlagEntryPoints, ModelReplica
 from vlgraph.config import VisionLanguageConfig
 from vlgraph.errors import BadRequestError
 from vlgraph.flags import yes_beats_no
@@ -32,7 +32,7 @@ from vlgraph.vlm_families import FAMILIES
 _FLAG_SUFFIX = " Answer yes or no."
 
 
-class VisionLanguageCaptioner(ModelReplica):
+class VisionLanguageCaptioner(CaptionEntryPoints, FlagEntryPoints, ModelReplica):
     """Captions, flags and (multi-image families) collective captions with one VLM."""
 
     batched_methods = ("_caption_batch", "_flag_batch")
@@ -60,37 +60,19 @@ class VisionLanguageCaptioner(ModelReplica):
         """Whether this family reads several images in one prompt."""
         return self._family.multi_image
 
-    async def caption(self, request: CaptionRequest) -> CaptionResult:
-        """Caption one image; ``prompt`` replaces the default instruction. Batched."""
-        return await self._caption_batch(request)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        return await self.run_batch(CaptionResult, self._caption_requests, requests)
-
-    def caption_now(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        """Caption a list of single images as one batch, waiting for the model thread."""
-        return self.run_now(CaptionResult, self._caption_requests, requests)
-
     async def caption_collection(self, request: CollectionCaptionRequest) -> CaptionResult:
         """One caption for several images read together (multi-image families only)."""
         return (await self.run_batch(CaptionResult, self._caption_collections, [request]))[0]
 
     async def flag(self, request: FlagRequest) -> FlagResult:
-        """Answer a yes/no question about one image, or a set on multi-image families."""
+        """Answer a yes/no question about one image (batched), or a set on multi-image
+        families (on its own)."""
         if len(request.images) == 1:
-            return await self._flag_batch(request)
-        return (await self.run_batch(FlagResult, self._flag_requests, [request]))[0]
+            return await super().flag(request)
+        return (await self.run_batch(FlagResult, self.flag_rows, [request]))[0]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _flag_batch(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        return await self.run_batch(FlagResult, self._flag_requests, requests)
-
-    def flag_now(self, requests: list[FlagRequest]) -> list[FlagResult]:
-        """Answer a list of flag questions as one batch, waiting for the model thread."""
-        return self.run_now(FlagResult, self._flag_requests, requests)
-
-    def _caption_requests(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+    def caption_rows(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """One ``_generate`` per instruction group; ``prompt`` replaces the default one."""
         instructions = [request.prompt or self._config.caption_instruction for request in requests]
         return self._in_groups(
             CaptionResult, "caption", [(r.image,) for r in requests], instructions, self._generate
@@ -107,7 +89,8 @@ class VisionLanguageCaptioner(ModelReplica):
             CaptionResult, "caption", [r.images for r in requests], instructions, self._generate
         )
 
-    def _flag_requests(self, requests: list[FlagRequest]) -> list[FlagResult]:
+    def flag_rows(self, requests: list[FlagRequest]) -> list[FlagResult]:
+        """One yes/no scoring per question group."""
         return self._in_groups(
             FlagResult,
             "flagged",

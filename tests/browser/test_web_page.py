@@ -231,8 +231,8 @@ def drop_files(driver: Any, css: str, *paths: Path) -> None:
 
 
 def test_api_clients_get_json_and_browsers_get_the_page(page_url: str) -> None:
-    """Document 000's JSON health check stays the answer for API clients; a browser's Accept
-    gets the page, whose assets are served by the app itself."""
+    """The JSON health check of BLIP captioning by path stays the answer for API clients; a
+    browser's Accept gets the page, whose assets are served by the app itself."""
     for accept in (None, "*/*", "application/json", "text/html;q=0.5, application/json"):
         headers = {"Accept": accept} if accept else {}
         health = httpx.get(page_url + "/", headers=headers, timeout=30)
@@ -294,7 +294,7 @@ def test_model_menus_come_from_the_served_models(page: Any, page_url: str) -> No
     select(page, "#caption-model", "blip")
 
 
-# ---- 1. captioning (document 001)
+# ---- 1. captioning (multi-model captioning)
 
 
 def test_caption_flow(page: Any, page_url: str, tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_collective_caption_flow(page: Any, page_url: str) -> None:
     screenshot(page, "caption-collective")
 
 
-# ---- 2. questions and history (document 002)
+# ---- 2. questions and history (visual question answering with uploads)
 
 
 def test_question_flow(page: Any, page_url: str, tmp_path: Path) -> None:
@@ -446,7 +446,7 @@ def test_question_flow(page: Any, page_url: str, tmp_path: Path) -> None:
     screenshot(page, "questions-bad-file")
 
 
-# ---- 3. generation with live progress (document 002)
+# ---- 3. generation with live progress (image generation)
 
 
 def test_generation_flow_shows_live_progress(page: Any) -> None:
@@ -494,7 +494,7 @@ def test_generation_flow_shows_live_progress(page: Any) -> None:
     screenshot(page, "generate-too-many-steps")
 
 
-# ---- 4. similar image (document 004)
+# ---- 4. similar image (similar image generation)
 
 
 def test_similar_image_flow(page: Any, page_url: str, tmp_path: Path) -> None:
@@ -551,7 +551,7 @@ def columns(driver: Any, css: str) -> tuple[list[float], list[float]]:
     return [top for top, _ in boxes], [left for _, left in boxes]
 
 
-# ---- 5. embeddings (document 003)
+# ---- 5. embeddings (CLIP embeddings)
 
 
 def test_embedding_flow(page: Any, page_url: str, tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def readme_examples(url: str) -> None:
         batch = httpx.post(f"{url}{route}", json=body, timeout=60)
         assert batch.status_code == 200, batch.text
         assert all(item["caption"] for item in batch.json()["results"])
-    # docs/api.md, "Multi-model captioning": document 001's two curl examples.
+    # docs/api.md, "Multi-model captioning": the two curl examples of multi-model captioning.
     examples = REPO_ROOT / "images"
     one = [("images", ("example.jpg", (examples / "example.jpg").read_bytes(), "image/jpeg"))]
     captions = httpx.post(
@@ -192,12 +192,13 @@ def readme_examples(url: str) -> None:
     assert reset.status_code == 200, reset.text
     assert reset.json()["backend"] == "memory" and reset.json()["scope"] == "replica"
     assert reset.json()["removed"] >= 2
-    readme_examples_of_documents_002_to_004(url, examples)
+    readme_examples_of_questions_generation_and_embeddings(url, examples)
     assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
 
 
-def readme_examples_of_documents_002_to_004(url: str, examples: Path) -> None:
-    """docs/api.md's curl examples of documents 002, 003 and 004, as HTTP calls."""
+def readme_examples_of_questions_generation_and_embeddings(url: str, examples: Path) -> None:
+    """docs/api.md's curl examples of visual question answering with uploads, image generation,
+    CLIP embeddings and similar image generation, as HTTP calls."""
     photo = (examples / "example.jpg").read_bytes()
     upload = httpx.post(f"{url}/upload", files={"image": ("example.jpg", photo)}, timeout=60)
     assert upload.status_code == 200, upload.text
@@ -257,7 +258,8 @@ def readme_examples_of_documents_002_to_004(url: str, examples: Path) -> None:
 
 
 def test_port_moves_the_api_and_ray_stays_closed(user_env: dict[str, str]) -> None:
-    """Document 001's ``PORT``: ``PORT=N vlgraph-serve configs/offline.yaml`` listens on N.
+    """Multi-model captioning's ``PORT``: ``PORT=N vlgraph-serve configs/offline.yaml`` listens
+    on N.
     Safe defaults of the Ray it starts: the dashboard and its Jobs API on 127.0.0.1 only, and
     token authentication on, which guards the dashboard agent's job endpoint where it listens
     on the node's address."""

@@ -127,7 +127,8 @@ def test_empty_file_is_refused(
 
 
 def test_webp_is_not_stored_by_upload(app: RunningApp) -> None:
-    """POST /upload stores JPEG and PNG only (document 002), whatever the name says."""
+    """POST /upload stores JPEG and PNG only (visual question answering with uploads), whatever
+    the name says."""
     sent = send_image(app, "upload", "x.png", WEBP, "image/png")
     check_sent(sent, 415, "unsupported_media_type", "found WEBP")
 

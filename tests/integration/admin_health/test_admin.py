@@ -1,5 +1,5 @@
-"""Operations routes through a real serve.run: /healthz, and document 001's X-API-Key rules
-for POST /api/admin/reset-cache. Debug mode and a service without a key are tested in
+"""Operations routes through a real serve.run: /healthz, and multi-model captioning's X-API-Key
+rules for POST /api/admin/reset-cache. Debug mode and a service without a key are tested in
 test_cache_http.py and test_scale_from_zero.py, whose apps run that way."""
 
 from __future__ import annotations

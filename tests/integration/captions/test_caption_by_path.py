@@ -1,4 +1,4 @@
-"""Document 000's routes through a real ``serve.run`` on tiny checkpoints."""
+"""BLIP captioning by path's routes through a real ``serve.run`` on tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_health_check_answers_json(app: RunningApp) -> None:
 
 
 def test_browsers_get_the_web_page_at_the_same_url(app: RunningApp) -> None:
-    """Document 001's test page lives at ``/`` too: a browser's Accept gets it, its assets
-    come from the app; API clients keep the JSON above."""
+    """The test page of multi-model captioning lives at ``/`` too: a browser's Accept gets it,
+    its assets come from the app; API clients keep the JSON above."""
     browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
     with app.client() as client:
         page = client.get("/", headers={"Accept": browser})
@@ -51,7 +51,7 @@ def test_browsers_get_the_web_page_at_the_same_url(app: RunningApp) -> None:
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
 
 
-def test_caption_response_has_document_fields(app: RunningApp) -> None:
+def test_caption_response_has_the_original_fields(app: RunningApp) -> None:
     response = caption(app, "red.jpg")
     assert response.status_code == 200, response.text
     body = response.json()

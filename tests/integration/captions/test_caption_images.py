@@ -1,4 +1,4 @@
-"""Document 001's captioning API through a real serve.run: every model, prompts, tags, flags,
+"""The multi-model captioning API through a real serve.run: every model, prompts, tags, flags,
 collective captions, and every error case."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def post(app: RunningApp, route: str, files: list, **params: str):
         return client.post(route, files=files, params=params)
 
 
-def test_default_model_is_blip_and_the_response_has_the_document_shape(app: RunningApp) -> None:
+def test_default_model_is_blip_and_the_response_has_the_original_shape(app: RunningApp) -> None:
     response = post(app, "/api/caption-images", [upload("img.jpg", jpeg_bytes(noise_image(1)))])
     assert response.status_code == 200, response.text
     (item,) = response.json()["results"]
@@ -126,8 +126,8 @@ def test_collective_caption_for_multi_image_models(app: RunningApp, model: str) 
 def test_collective_caption_without_a_model_uses_the_first_multi_image_model(
     app: RunningApp,
 ) -> None:
-    """Document 001's default model (blip) cannot caption a set: without ``model`` the set
-    goes to the first multi-image model the profile serves (gemma), not to an error."""
+    """Multi-model captioning's default model (blip) cannot caption a set: without ``model``
+    the set goes to the first multi-image model the profile serves (gemma), not to an error."""
     files = [upload(f"d{i}.jpg", jpeg_bytes(noise_image(45 + i))) for i in range(2)]
     default = post(app, "/api/caption-collective-images", files)
     assert default.status_code == 200, default.text

@@ -104,7 +104,7 @@ def test_redis_down_then_back(cached_url: str, redis_server: RedisServer) -> Non
     assert caption(cached_url, 110, model="blip")["cache"] is True
 
 
-def test_document_000_routes_share_the_cache_with_uploads(
+def test_caption_by_path_routes_share_the_cache_with_uploads(
     cached_url: str, image_root: Path
 ) -> None:
     by_path = httpx.post(f"{cached_url}/caption", json={"image_path": "noise3.jpg"}, timeout=60)

@@ -1,4 +1,4 @@
-"""Heavy models can sit at zero replicas and come back on demand (document 001's
+"""Heavy models can sit at zero replicas and come back on demand (multi-model captioning's
 MODEL_CAPACITY, the Ray way); a model a profile leaves out is refused with a clear 400."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Document 003 through a real serve.run: text and image embeddings equal
+"""CLIP embeddings through a real serve.run: text and image embeddings equal
 ``SentenceTransformer(path).encode`` on the same inputs (single, listed, concurrent), by URL
 from a local server the test starts and by base64; ``GET /health``; the refusals."""
 
@@ -147,7 +147,7 @@ def test_normalize_gives_unit_vectors_whose_dot_product_is_the_cosine(
     assert abs(unit_text @ unit_image - cosine) < 1e-6
 
 
-def test_document_003_health(app: RunningApp) -> None:
+def test_clip_embeddings_health(app: RunningApp) -> None:
     with app.client() as client:
         response = client.get("/health")
     assert response.status_code == 200 and response.json() == {"status": "healthy"}

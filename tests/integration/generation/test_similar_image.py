@@ -1,4 +1,4 @@
-"""Image generation (documents 002 and 004) and the caption -> diffusion pipeline through a
+"""Image generation, similar image generation and the caption -> diffusion pipeline through a
 real serve.run on tiny pipelines: shapes, seeds, served equals in-process, the pipeline's
 caption, the streams, cancellation, and every bound refused with 422."""
 
@@ -51,7 +51,7 @@ def events_of(response: httpx.Response) -> list[tuple[str, dict]]:
     return events
 
 
-def test_generate_answers_document_002s_fields_and_stores_the_image(app: RunningApp) -> None:
+def test_generate_answers_the_original_fields_and_stores_the_image(app: RunningApp) -> None:
     response = generate(app, height=64, width=96, num_inference_steps=2, seed=11)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -98,7 +98,7 @@ def test_same_seed_same_pixels_and_served_equals_in_process(
     assert difference.max() <= 1
 
 
-def test_generate_image_of_document_004(app: RunningApp) -> None:
+def test_generate_image_of_similar_image_generation(app: RunningApp) -> None:
     with app.client() as client:
         response = client.get(
             "/generate-image", params={"prompt": "A beautiful sunset over the ocean", "seed": 1}

@@ -1,5 +1,6 @@
-"""Document 002 through a real serve.run: upload (captioned, stored), questions about the
-upload, the history; each error case, and nothing stored by a request that failed."""
+"""Visual question answering with uploads through a real serve.run: upload (captioned, stored),
+questions about the upload, the history; each error case, and nothing stored by a request that
+failed."""
 
 from __future__ import annotations
 

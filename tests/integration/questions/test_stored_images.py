@@ -1,6 +1,6 @@
-"""Document 002's store through serve.run: the history survives stopping and starting the whole
-app on the same data folder, and two ingress replicas on the shared Redis store answer one
-history."""
+"""The store of visual question answering with uploads through serve.run: the history survives
+stopping and starting the whole app on the same data folder, and two ingress replicas on the
+shared Redis store answer one history."""
 
 from __future__ import annotations
 

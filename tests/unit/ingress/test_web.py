@@ -1,4 +1,5 @@
-"""Who gets the page at ``GET /``: browsers; everyone else keeps document 000's JSON."""
+"""Who gets the page at ``GET /``: browsers; everyone else keeps the JSON of BLIP captioning
+by path."""
 
 from __future__ import annotations
 

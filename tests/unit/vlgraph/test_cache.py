@@ -46,7 +46,7 @@ def test_memory_cache_expires_entries_after_their_ttl() -> None:
     assert len(cache) == 0
 
 
-def test_keys_follow_the_document_and_separate_models_prompts_and_settings() -> None:
+def test_keys_follow_the_original_and_separate_models_prompts_and_settings() -> None:
     cache = ResultCache(backend=MemoryCache(10), ttl_s=60)
     image = b"image bytes"
     base = {"caption_prompt": None, "flag_prompt": None, "settings": {"source": "x"}}
@@ -74,7 +74,7 @@ def test_result_cache_counts_hits_and_misses() -> None:
     assert (cache.stats.hits, cache.stats.misses, cache.stats.errors) == (1, 1, 0)
 
 
-def test_environment_variables_of_the_document_configure_the_cache(monkeypatch) -> None:
+def test_original_environment_variables_configure_the_cache(monkeypatch) -> None:
     monkeypatch.delenv("REDIS_HOST", raising=False)
     assert CacheConfig().backend == "memory"
     monkeypatch.setenv("REDIS_HOST", "cache.internal")

@@ -150,7 +150,7 @@ def test_every_profile_is_a_valid_serve_config_file(path: str) -> None:
     ServeDeploySchema.model_validate(yaml.safe_load((REPO_ROOT / path).read_text()))
 
 
-def test_document_environment_variables_are_read_and_validated(monkeypatch) -> None:
+def test_original_environment_variables_are_read_and_validated(monkeypatch) -> None:
     for name in ("ENV", "DEBUG", "API_KEY", "REDIS_HOST", "CACHE_TTL_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     config = AppConfig()

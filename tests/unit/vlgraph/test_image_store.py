@@ -1,5 +1,6 @@
-"""The image store (document 002) on both backends: SQLite in a temp folder, Redis on a real
-redis-server. No Ray. Tests are plain functions that run small coroutines with asyncio.run."""
+"""The image store (visual question answering with uploads) on both backends: SQLite in a temp
+folder, Redis on a real redis-server. No Ray. Tests are plain functions that run small
+coroutines with asyncio.run."""
 
 from __future__ import annotations
 

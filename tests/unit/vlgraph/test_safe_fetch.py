@@ -1,4 +1,4 @@
-"""The SSRF-guarded image fetcher (document 003's ``image_url``) against a real local server.
+"""The SSRF-guarded image fetcher (CLIP embeddings' ``image_url``) against a real local server.
 
 No Ray, no DNS, no internet: a stdlib HTTP server on 127.0.0.1 answers the fetches, names are
 resolved by an injected resolver (or are IP literals), and tests that must not connect at all
