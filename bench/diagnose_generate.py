@@ -38,7 +38,7 @@ def main() -> None:
     if args.where == "ray-actor":
         import ray
 
-        from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
+        from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
 
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         remote = ray.remote(num_cpus=1, runtime_env={"env_vars": CPU_ALLOCATOR_ENV})(measure)

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
+from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -8,7 +8,8 @@ This package holds what the model side (``deployments``) and the HTTP side
   models), ``model_calls`` (awaiting handles), ``service_metrics``, ``generation_params``
   (every generation bound, once), ``images`` and ``text_inputs`` (input checks),
   ``model_source`` (where weights come from) and ``tiny`` (the tiny-checkpoint factory);
-- the model side alone: ``model_thread``, ``torch_runtime``, ``vlm_families``, ``flags``;
+- the model side alone: ``model_thread``, ``torch_runtime``, ``cpu_allocator``,
+  ``vlm_families``, ``flags``;
 - the HTTP side alone: ``cache``, ``image_store``, ``image_paths``, ``safe_fetch``, ``tags``;
 - commands: ``serve_cli`` (``vlgraph-serve``) and ``profiles``.
 """

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
+from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
 from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
 
 #: Sources of this form name a tiny random checkpoint the project writes itself.
@@ -172,7 +173,7 @@ class ModelFamilyConfig(StrictModel):
     tune_cpu_allocator: bool = Field(
         True,
         description="Start replicas with glibc malloc settings that stop page-fault churn of "
-        "torch's activation buffers (vlgraph.torch_runtime.CPU_ALLOCATOR_ENV).",
+        "torch's activation buffers (vlgraph.cpu_allocator.CPU_ALLOCATOR_ENV).",
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
@@ -196,8 +197,6 @@ class ModelFamilyConfig(StrictModel):
         """``Deployment.options`` of this model: deployment options, user_config, env vars."""
         options = self.deployment.serve_options(self.user_config())
         if self.tune_cpu_allocator:
-            from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
-
             actor = options["ray_actor_options"]
             runtime_env = dict(actor.get("runtime_env") or {})
             # Explicit env_vars in the config win over the defaults.

@@ -126,7 +126,7 @@ def test_serve_options_carry_user_config_and_resources() -> None:
 
 
 def test_model_replicas_get_allocator_settings_unless_turned_off() -> None:
-    from vlgraph.torch_runtime import CPU_ALLOCATOR_ENV
+    from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
 
     blip = AppConfig.model_validate(profile_args("configs/offline.yaml")).models.blip
     env = blip.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
