@@ -8,6 +8,7 @@ same bytes uploaded give one entry per model and prompts.
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Literal
 
@@ -185,13 +186,7 @@ class Captioning:
 
         async def compute() -> dict | ItemError:
             caption_call = handle.caption.remote(CaptionRequest(image=data, prompt=caption_prompt))
-            result, flag = await self._gateway.call(
-                model, caption_call, self.flag_call(handle, (data,), flag_prompt)
-            )
-            error = result.error or flag.error
-            if error is not None:
-                return error
-            return {"caption": result.caption or "", "flagged": bool(flag.flagged)}
+            return await self._caption_and_flag(model, handle, caption_call, (data,), flag_prompt)
 
         return await self._gateway.cached(
             model, data, compute, caption_prompt=caption_prompt, flag_prompt=flag_prompt
@@ -211,13 +206,7 @@ class Captioning:
             caption_call = handle.caption_collection.remote(
                 CollectionCaptionRequest(images=images, prompt=caption_prompt)
             )
-            result, flag = await self._gateway.call(
-                model, caption_call, self.flag_call(handle, images, flag_prompt)
-            )
-            error = result.error or flag.error
-            if error is not None:
-                return error
-            return {"caption": result.caption or "", "flagged": bool(flag.flagged)}
+            return await self._caption_and_flag(model, handle, caption_call, images, flag_prompt)
 
         outcome = await self._gateway.cached(
             model, images, compute, caption_prompt=caption_prompt, flag_prompt=flag_prompt
@@ -226,11 +215,26 @@ class Captioning:
             raise ServiceError.from_item_error(outcome)
         return outcome[0]
 
-    def flag_call(self, handle: DeploymentHandle, images: tuple[bytes, ...], question: str | None):
-        """The flag question's call, or its answer (false) when there is no question."""
-        if question is None:
-            return resolved(FlagResult(flagged=False))
-        return handle.flag.remote(FlagRequest(images=images, question=question))
+    async def _caption_and_flag(
+        self,
+        model: str,
+        handle: DeploymentHandle,
+        caption_call: Awaitable[CaptionResult],
+        images: tuple[bytes, ...],
+        flag_prompt: str | None,
+    ) -> dict | ItemError:
+        """The caption call and the flag question's (false without one) together: the
+        cacheable ``{"caption", "flagged"}``, or the first error."""
+        flag_call = (
+            resolved(FlagResult(flagged=False))
+            if flag_prompt is None
+            else handle.flag.remote(FlagRequest(images=images, question=flag_prompt))
+        )
+        result, flag = await self._gateway.call(model, caption_call, flag_call)
+        error = result.error or flag.error
+        if error is not None:
+            return error
+        return {"caption": result.caption or "", "flagged": bool(flag.flagged)}
 
     def tags(self, caption: str, caption_prompt: str | None) -> list[str]:
         """The caption's content words (the prompt's own words left out)."""
