@@ -133,7 +133,6 @@ class Captioning:
     caption-and-flag answer per image, and the tags."""
 
     def __init__(self, context: IngressContext):
-        self._context = context
         self._gateway = context.gateway
         self._config = context.config
         self._image_root = self._config.resolved_image_root()
