@@ -1,56 +1,86 @@
-"""Factory of deterministic random checkpoints in the standard Hugging Face layout.
+"""Factory of deterministic checkpoints in the standard Hugging Face layout.
 
 No weights can be downloaded on the machines this project is built and tested on, so the
 offline profile, the tests and the benchmarks load checkpoints that this package writes: a
 config, ``model.safetensors``, the tokenizer and the processor, saved with ``save_pretrained``
 into a folder that the ordinary ``from_pretrained(path)`` code loads like a Hub snapshot.
 
+``tiny`` checkpoints are small models trained, at build time, on the procedural world of
+:mod:`vlgraph.tiny.world` (a coloured shape on a plain background), so that they caption,
+answer, embed and draw that world correctly and tests can check meaning; ``full`` ones have the
+real-size architecture with random weights, which runs the same compute as the real model for
+benchmarks.
+
 Each model family adds one builder with :func:`register`, in a module of this package
-(``blip``, ``clip``, ``blip2``, ``gemma3``, ``internvl``, ``stable_diffusion``; shared helpers
-in ``common``). :func:`families` and :func:`ensure_checkpoint` first import every module of
-the package, so a new family needs only its new module. A builder receives an empty folder
-and a :class:`CheckpointSize`; ``tiny`` gives a sub-megabyte model for tests, ``full`` the
-default (real-size) architecture with random weights, which runs the same compute as the real
-model for benchmarks.
+(``blip``, ``clip``, ``blip2``, ``gemma3``, ``internvl``, ``stable_diffusion``, ``git``; shared
+helpers in ``common``, ``training`` and ``world``). :func:`families` and
+:func:`ensure_checkpoint` first import every module of the package, so a new family needs only
+its new module. A builder receives an empty folder, a :class:`CheckpointSize` and the folders
+of the families it declared it ``needs`` (a trained CLIP text tower for Stable Diffusion...).
+
+A checkpoint's folder is named by a hash of its recipe (the source of its builder and of the
+shared modules, and its dependencies' hashes): a changed recipe builds anew, an unchanged one
+is reused. Training is deterministic (fixed seeds and step counts).
 
 Usage: ``ensure_checkpoint("blip-caption", cache_dir)`` returns the folder, building it once.
-``vlgraph-tiny`` (:func:`main`) builds them from the command line.
+``vlgraph-tiny`` (:func:`main`) builds them ahead of time from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
+import fcntl
+import hashlib
 import importlib
+import inspect
 import os
 import pkgutil
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-#: Bump when a builder changes, so that stale folders in a cache are not reused.
-FACTORY_VERSION = 2
+#: Bump to rebuild every checkpoint even though no recipe source changed.
+FACTORY_VERSION = 3
 
 _COMPLETE_MARKER = ".vlgraph-complete"
 
 
 class CheckpointSize(enum.StrEnum):
-    """How big a generated checkpoint is."""
+    """How big a generated checkpoint is: ``tiny`` (trained on the world), ``full`` (random)."""
 
     TINY = "tiny"
     FULL = "full"
 
 
-Builder = Callable[[Path, CheckpointSize], None]
-_BUILDERS: dict[str, Builder] = {}
+Builder = Callable[[Path, CheckpointSize, Mapping[str, Path]], None]
 
 
-def register(family: str) -> Callable[[Builder], Builder]:
-    """Register ``builder`` as the factory of ``family`` checkpoints."""
+@dataclass(frozen=True)
+class Family:
+    """A registered builder and the families whose tiny checkpoints it builds on."""
+
+    builder: Builder
+    needs: tuple[str, ...]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: str, needs: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
+    """Register ``builder`` as the factory of ``family`` checkpoints.
+
+    ``needs`` names families whose tiny checkpoints the builder starts from; it receives their
+    folders (built first) as its third argument, an empty mapping at full size.
+    """
 
     def decorator(builder: Builder) -> Builder:
-        _BUILDERS[family] = builder
+        _FAMILIES[family] = Family(builder, needs)
         return builder
 
     return decorator
@@ -59,7 +89,42 @@ def register(family: str) -> Callable[[Builder], Builder]:
 def families() -> list[str]:
     """Names of the model families the factory can build."""
     _discover_families()
-    return sorted(_BUILDERS)
+    return sorted(_FAMILIES)
+
+
+#: Modules of this package that hold shared code and register no family; part of every recipe.
+SHARED_MODULES = frozenset({"common", "training", "world"})
+
+
+def recipe_hash(family: str, size: CheckpointSize | str = CheckpointSize.TINY) -> str:
+    """A hash of what a checkpoint is made from: the factory version, the family's builder
+    module, the shared modules and, at tiny size, the recipes of the families it needs."""
+    _discover_families()
+    size = CheckpointSize(size)
+    entry = _FAMILIES[family]
+    digest = hashlib.sha256(f"{FACTORY_VERSION} {family} {size.value}".encode())
+    modules = {inspect.getmodule(entry.builder).__name__}
+    modules |= {f"{__name__}.{name}" for name in SHARED_MODULES}
+    for name in sorted(modules):
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    if size is CheckpointSize.TINY:
+        for needed in entry.needs:
+            digest.update(recipe_hash(needed, size).encode())
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_folder(
+    family: str, cache_dir: Path | str, size: CheckpointSize | str = CheckpointSize.TINY
+) -> Path:
+    """Where ``family``'s checkpoint of this recipe lives (or will) under ``cache_dir``."""
+    size = CheckpointSize(size)
+    folder = Path(cache_dir).expanduser().resolve()
+    return folder / f"{family}-{size.value}-{recipe_hash(family, size)}"
+
+
+def is_built(family: str, cache_dir: Path | str, size: CheckpointSize | str = "tiny") -> bool:
+    """Whether the checkpoint of the current recipe is complete in ``cache_dir``."""
+    return (checkpoint_folder(family, cache_dir, size) / _COMPLETE_MARKER).exists()
 
 
 def ensure_checkpoint(
@@ -67,36 +132,50 @@ def ensure_checkpoint(
 ) -> Path:
     """Return the folder of a ``family`` checkpoint under ``cache_dir``, building it if needed.
 
-    Safe to call from several processes at once: each builds into a private temporary folder
-    and renames it into place; the first rename wins and the others discard their copy.
+    Safe to call from several processes at once: a lock file per checkpoint lets one process
+    build (train) it while the others wait for it; the build goes to a private temporary
+    folder that is renamed into place when complete, so a crash leaves no half-written
+    checkpoint behind.
     """
     _discover_families()
-    if family not in _BUILDERS:
+    if family not in _FAMILIES:
         raise KeyError(f"unknown tiny checkpoint family {family!r}; known: {', '.join(families())}")
     size = CheckpointSize(size)
-    cache_dir = Path(cache_dir).expanduser().resolve()
-    target = cache_dir / f"{family}-{size.value}-v{FACTORY_VERSION}"
+    target = checkpoint_folder(family, cache_dir, size)
     if (target / _COMPLETE_MARKER).exists():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
-    try:
-        _build_deterministically(_BUILDERS[family], staging, size)
-        (staging / _COMPLETE_MARKER).write_text(f"{family} {size.value} v{FACTORY_VERSION}\n")
+    entry = _FAMILIES[family]
+    needs = {}
+    if size is CheckpointSize.TINY:
+        needs = {needed: ensure_checkpoint(needed, cache_dir, size) for needed in entry.needs}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if (target / _COMPLETE_MARKER).exists():  # built by another process while we waited
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # a half-written folder from a crashed run
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
+            started = time.monotonic()
+            _build_deterministically(entry.builder, staging, size, needs)
+            seconds = time.monotonic() - started
+            (staging / _COMPLETE_MARKER).write_text(
+                f"{family} {size.value} {recipe_hash(family, size)} built in {seconds:.0f} s\n"
+            )
             os.rename(staging, target)
-        except OSError:
-            if not (target / _COMPLETE_MARKER).exists():
-                # A half-written folder from a crashed run: replace it.
-                shutil.rmtree(target, ignore_errors=True)
-                os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-#: Modules of this package that hold shared code and register no family.
-SHARED_MODULES = frozenset({"common"})
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 _discovered = False
 
@@ -121,22 +200,34 @@ def _discover_families() -> None:
     _discovered = True
 
 
-def _build_deterministically(builder: Builder, folder: Path, size: CheckpointSize) -> None:
+def _build_deterministically(
+    builder: Builder, folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
+) -> None:
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        builder(folder, size)
+        builder(folder, size, needs)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: build checkpoints and print their folders."""
+    """Command line: build (train) checkpoints ahead of time and print their folders."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "families", nargs="*", help=f"families to build (default all: {families()})"
     )
-    parser.add_argument("--cache-dir", default=".cache/vlgraph/checkpoints")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where to build; default: $VLGRAPH_CACHE_DIR, else .cache/vlgraph/checkpoints "
+        "(where `serve run configs/offline.yaml` looks)",
+    )
     parser.add_argument("--size", choices=[s.value for s in CheckpointSize], default="tiny")
     args = parser.parse_args(argv)
+    from vlgraph.config import resolve_checkpoint_cache_dir
+
+    cache_dir = resolve_checkpoint_cache_dir(args.cache_dir)
+    started = time.monotonic()
     for family in args.families or families():
-        print(ensure_checkpoint(family, args.cache_dir, args.size))
+        print(ensure_checkpoint(family, cache_dir, args.size), flush=True)
+    print(f"vlgraph-tiny: done in {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
@@ -61,7 +62,7 @@ def _blip_parts(size: CheckpointSize):
 
 
 @register("blip-caption")
-def build_blip_caption(folder: Path, size: CheckpointSize) -> None:
+def build_blip_caption(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """BLIP image captioning (``BlipForConditionalGeneration``), base architecture when full."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -74,7 +75,7 @@ def build_blip_caption(folder: Path, size: CheckpointSize) -> None:
 
 
 @register("blip-vqa")
-def build_blip_vqa(folder: Path, size: CheckpointSize) -> None:
+def build_blip_vqa(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """BLIP visual question answering (``BlipForQuestionAnswering``, the architecture of
     ``Salesforce/blip-vqa-base``), base architecture when full."""
     from transformers import BlipForQuestionAnswering, BlipProcessor

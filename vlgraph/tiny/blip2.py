@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
@@ -18,7 +19,7 @@ from vlgraph.tiny.common import (
 
 
 @register("blip2")
-def build_blip2(folder: Path, size: CheckpointSize) -> None:
+def build_blip2(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """BLIP-2 with an OPT language model, ``Salesforce/blip2-opt-2.7b`` dimensions when full."""
     from transformers import (
         Blip2Config,

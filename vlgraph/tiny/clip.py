@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
@@ -20,7 +21,7 @@ _ST_MODULE = "sentence_transformers.models."
 
 
 @register("clip")
-def build_clip(folder: Path, size: CheckpointSize) -> None:
+def build_clip(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """CLIP ViT-B/32 as sentence-transformers' ``clip-ViT-B-32`` lays it out on the Hub:
     ``modules.json`` naming one ``CLIPModel`` module in ``0_CLIPModel/`` (transformers' CLIP
     weights, processor and tokenizer). 512-dimensional embeddings at both sizes."""
@@ -70,7 +71,7 @@ def build_clip(folder: Path, size: CheckpointSize) -> None:
 
 
 @register("clip-multilingual")
-def build_clip_multilingual(folder: Path, size: CheckpointSize) -> None:
+def build_clip_multilingual(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """The text encoder of ``clip-ViT-B-32-multilingual-v1`` in its Hub layout: DistilBERT
     (cased) at the root, mean pooling in ``1_Pooling/``, a linear map to CLIP's 512-dimensional
     space in ``2_Dense/``."""

@@ -60,9 +60,18 @@ CAPTION_WORDS = (
 )
 
 
+def english_world_words() -> list[str]:
+    """The words of the world's English captions and questions (see :mod:`vlgraph.tiny.world`)."""
+    from vlgraph.tiny.world import all_scenes, collective_caption, world_questions
+
+    texts = [scene.caption for scene in all_scenes()]
+    texts += [collective_caption(all_scenes()[:2]), *world_questions()]
+    return list(dict.fromkeys(" ".join(texts).replace("?", " ?").split()))
+
+
 def word_vocabulary(size: int) -> list[str]:
-    """Lower-case word pieces: plain words first so tiny captions read like text."""
-    vocabulary = list(dict.fromkeys(CAPTION_WORDS))
+    """Lower-case word pieces: the world's words, then plain words, so captions read like text."""
+    vocabulary = list(dict.fromkeys([*english_world_words(), *CAPTION_WORDS]))
     vocabulary += [f"w{i}" for i in range(size - len(vocabulary))]
     return vocabulary[:size]
 
@@ -113,14 +122,18 @@ TINY_BPE_VOCABULARY = 640
 def bpe_training_text() -> list[str]:
     """Short texts for tiny BPE tokenizers: each word bare, after a space, and capitalised.
 
-    Yes and no are the most frequent words, so that every form of them becomes one token.
+    Yes and no are the most frequent words, so that every form of them becomes one token; the
+    world's captions are there so that its words become single tokens.
     """
+    from vlgraph.tiny.world import all_scenes
+
     texts = []
-    for word in (*CAPTION_WORDS, *PROMPT_WORDS, *ANSWER_WORDS):
+    for word in (*english_world_words(), *CAPTION_WORDS, *PROMPT_WORDS, *ANSWER_WORDS):
         repeats = 50 if word in ANSWER_WORDS else 5
         for form in (word, word.capitalize()):
             texts += [form, f" {form}"] * repeats
     texts += ["Question: What is this? Answer:", "Describe the colours of this picture in detail."]
+    texts += [scene.caption for scene in all_scenes()] * 3
     return texts
 
 

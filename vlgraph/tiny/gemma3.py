@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
@@ -54,7 +55,7 @@ _GEMMA3_CHAT_TEMPLATE = (
 
 
 @register("gemma3")
-def build_gemma3(folder: Path, size: CheckpointSize) -> None:
+def build_gemma3(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """Gemma 3 (``Gemma3ForConditionalGeneration``), ``google/gemma-3-4b-it`` dims when full."""
     from transformers import (
         Gemma3Config,

@@ -3,6 +3,7 @@ image encoder whose tokens prefix a text decoder that writes the caption."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
@@ -10,7 +11,7 @@ from vlgraph.tiny.common import add_noise_to_zero_matrices, word_vocabulary
 
 
 @register("git")
-def build_git(folder: Path, size: CheckpointSize) -> None:
+def build_git(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """GIT image captioning, base architecture when full, a few kilobytes when tiny."""
     from transformers import (
         BertTokenizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
@@ -42,7 +43,7 @@ _INTERNVL_CHAT_TEMPLATE = (
 
 
 @register("internvl")
-def build_internvl(folder: Path, size: CheckpointSize) -> None:
+def build_internvl(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """InternVL 3 with a Qwen2 LM, ``OpenGVLab/InternVL3-1B-hf`` dimensions when full.
 
     The saved image processor keeps one tile per image (``crop_to_patches=False``).

@@ -14,7 +14,7 @@ their published configs, random weights saved in float16 as the Hub's ``fp16`` v
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,7 @@ def _full_safety_checker() -> tuple[Any, Any]:
 
 
 @register("sd")
-def build_stable_diffusion(folder: Path, size: CheckpointSize) -> None:
+def build_stable_diffusion(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """Stable Diffusion 1.5 (``StableDiffusionPipeline``) with its safety checker and PNDM
     scheduler; ``stable-diffusion-v1-5`` dimensions when full."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -260,7 +260,9 @@ def build_stable_diffusion(folder: Path, size: CheckpointSize) -> None:
 
 
 @register("sdxl")
-def build_stable_diffusion_xl(folder: Path, size: CheckpointSize) -> None:
+def build_stable_diffusion_xl(
+    folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
+) -> None:
     """SDXL base (``StableDiffusionXLPipeline``): two CLIP text encoders, a ``text_time``
     conditioned UNet, Euler scheduler, no safety checker; ``stable-diffusion-xl-base-1.0``
     dimensions when full."""
