@@ -24,6 +24,7 @@ from deployments.git_caption import GitCaptionDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
 from vlgraph.config import TINY_PREFIX, AppConfig, ModelFamilyConfig
 from vlgraph.served_models import Capability, ModelCatalog, ServedModel
+from vlgraph.tiny import trained_on_world
 
 CAPTION, FLAG, COLLECTIVE = Capability.CAPTION, Capability.FLAG, Capability.COLLECTIVE
 
@@ -57,12 +58,15 @@ class ModelEntry:
 
     def served_as(self, model: ModelFamilyConfig) -> ServedModel:
         """What the ingress knows of this model when ``model`` serves it."""
+        tiny = model.source.startswith(TINY_PREFIX)
+        world = tiny and trained_on_world(model.source.removeprefix(TINY_PREFIX))
         return ServedModel(
             name=self.name,
             label=self.label,
             deployment=self.deployment_name,
             capabilities=self.capabilities,
-            random_weights=model.source.startswith(TINY_PREFIX),
+            random_weights=tiny and not world,
+            offline_world=world,
         )
 
 

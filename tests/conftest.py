@@ -8,8 +8,10 @@ live in ``tests/support/``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from tests.support.common import (
     release_ray,
     wait_until_healthy,
 )
+from tests.support.world_checks import FIGURES
+from vlgraph.config import DEFAULT_CHECKPOINT_CACHE
+from vlgraph.tiny import ensure_checkpoint, families, is_built
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,11 +38,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: any(item.get_closest_marker(m) for m in ("cli", "cluster")))
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the semantic tests' figures (accuracy on held-out world images)."""
+    if FIGURES:
+        terminalreporter.section("what the offline models got right (held-out world images)")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
-def checkpoint_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder where the factory builds tiny checkpoints for the whole session."""
-    folder = Path(os.environ.get("VLGRAPH_TEST_CACHE_DIR") or tmp_path_factory.mktemp("ckpt"))
-    return folder.resolve()
+def checkpoint_cache() -> Path:
+    """Folder of the tiny checkpoints, shared with ``serve run configs/offline.yaml`` and
+    ``vlgraph-tiny`` (``$VLGRAPH_TEST_CACHE_DIR`` moves it). Every family is built (trained,
+    the first time) before the first test that needs one, its progress on the terminal."""
+    folder = Path(os.environ.get("VLGRAPH_TEST_CACHE_DIR") or DEFAULT_CHECKPOINT_CACHE)
+    folder = folder.resolve()
+    missing = [family for family in families() if not is_built(family, folder)]
+    if missing:
+        with contextlib.redirect_stderr(sys.__stderr__):
+            for family in missing:
+                ensure_checkpoint(family, folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

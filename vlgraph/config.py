@@ -721,12 +721,15 @@ class AppConfig(StrictModel):
         return called
 
     def random_weight_models(self) -> list[str]:
-        """Served models that are tiny checkpoints with random weights (``tiny:`` sources):
-        what they answer is noise, and the web page says so."""
+        """Served models that are tiny checkpoints the factory leaves random (``tiny:`` sources
+        of untrained families, such as SDXL): what they answer is noise."""
+        from vlgraph.tiny import trained_on_world
+
         return [
             name
             for name, model in self.served_models().items()
             if model.source.startswith(TINY_PREFIX)
+            and not trained_on_world(model.source.removeprefix(TINY_PREFIX))
         ]
 
     def resolved_cache_dir(self) -> Path:

@@ -30,7 +30,10 @@ class ServedModel:
     label: str
     deployment: str
     capabilities: frozenset[Capability]
+    #: A tiny checkpoint left random: its answers are noise.
     random_weights: bool = False
+    #: A tiny checkpoint trained on the offline world (vlgraph.tiny.world): it knows only that.
+    offline_world: bool = False
 
     def can(self, capability: Capability) -> bool:
         """Whether this model does ``capability``."""

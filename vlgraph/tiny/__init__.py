@@ -37,6 +37,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import shutil
 import sys
 import tempfile
@@ -63,27 +64,38 @@ Builder = Callable[[Path, CheckpointSize, Mapping[str, Path]], None]
 
 @dataclass(frozen=True)
 class Family:
-    """A registered builder and the families whose tiny checkpoints it builds on."""
+    """A registered builder, the families whose tiny checkpoints it builds on, and whether its
+    tiny checkpoint is trained on the world (or left random)."""
 
     builder: Builder
     needs: tuple[str, ...]
+    trained: bool
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
-def register(family: str, needs: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
+def register(
+    family: str, needs: tuple[str, ...] = (), trained: bool = True
+) -> Callable[[Builder], Builder]:
     """Register ``builder`` as the factory of ``family`` checkpoints.
 
     ``needs`` names families whose tiny checkpoints the builder starts from; it receives their
-    folders (built first) as its third argument, an empty mapping at full size.
+    folders (built first) as its third argument, an empty mapping at full size. ``trained``
+    false marks a family whose tiny checkpoint keeps random weights.
     """
 
     def decorator(builder: Builder) -> Builder:
-        _FAMILIES[family] = Family(builder, needs)
+        _FAMILIES[family] = Family(builder, needs, trained)
         return builder
 
     return decorator
+
+
+def trained_on_world(family: str) -> bool:
+    """Whether ``family``'s tiny checkpoint is trained on the world (false: random weights)."""
+    _discover_families()
+    return family in _FAMILIES and _FAMILIES[family].trained
 
 
 def families() -> list[str]:
@@ -92,25 +104,41 @@ def families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-#: Modules of this package that hold shared code and register no family; part of every recipe.
-SHARED_MODULES = frozenset({"common", "training", "world"})
+#: Modules of this package that hold shared code and register no family.
+SHARED_MODULES = frozenset(
+    {"common", "training", "world", "blip_training", "vlm_training", "diffusion_training"}
+)
+
+_PACKAGE_IMPORT = re.compile(r"^\s*from vlgraph\.tiny\.(\w+) import", re.MULTILINE)
 
 
 def recipe_hash(family: str, size: CheckpointSize | str = CheckpointSize.TINY) -> str:
-    """A hash of what a checkpoint is made from: the factory version, the family's builder
-    module, the shared modules and, at tiny size, the recipes of the families it needs."""
+    """A hash of what a checkpoint is made from: the factory version, the source of the
+    family's builder module and of every module of this package it imports (directly or not)
+    and, at tiny size, the recipes of the families it needs."""
     _discover_families()
     size = CheckpointSize(size)
     entry = _FAMILIES[family]
     digest = hashlib.sha256(f"{FACTORY_VERSION} {family} {size.value}".encode())
-    modules = {inspect.getmodule(entry.builder).__name__}
-    modules |= {f"{__name__}.{name}" for name in SHARED_MODULES}
-    for name in sorted(modules):
-        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    for source in _recipe_sources(inspect.getmodule(entry.builder).__name__):
+        digest.update(source.encode())
     if size is CheckpointSize.TINY:
         for needed in entry.needs:
             digest.update(recipe_hash(needed, size).encode())
     return digest.hexdigest()[:12]
+
+
+def _recipe_sources(module: str) -> list[str]:
+    """The source of ``module`` and of the modules of this package it imports, in name order."""
+    seen: dict[str, str] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen[name] = inspect.getsource(importlib.import_module(name))
+        pending += [f"{__name__}.{found}" for found in _PACKAGE_IMPORT.findall(seen[name])]
+    return [seen[name] for name in sorted(seen)]
 
 
 def checkpoint_folder(

@@ -7,6 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vlgraph.tiny import CheckpointSize, register
+from vlgraph.tiny.blip_training import (
+    TINY_BLIP_HIDDEN,
+    TINY_BLIP_IMAGE_SIZE,
+    train_blip_answerer,
+    train_blip_captioner,
+)
 from vlgraph.tiny.common import add_noise_to_zero_matrices, word_vocabulary
 
 
@@ -28,30 +34,29 @@ def _blip_parts(size: CheckpointSize):
         image_size = 384
         config = BlipConfig()
     else:
-        image_size = 64
+        image_size = TINY_BLIP_IMAGE_SIZE
         config = BlipConfig(
             vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
+                "hidden_size": TINY_BLIP_HIDDEN,
+                "intermediate_size": 2 * TINY_BLIP_HIDDEN,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
                 "image_size": image_size,
-                "patch_size": 16,
+                "patch_size": 8,
             },
             text_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
+                "hidden_size": TINY_BLIP_HIDDEN,
+                "intermediate_size": 2 * TINY_BLIP_HIDDEN,
                 "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "encoder_hidden_size": 32,
+                "num_attention_heads": 4,
+                "encoder_hidden_size": TINY_BLIP_HIDDEN,
                 "max_position_embeddings": 64,
             },
-            projection_dim=32,
+            projection_dim=TINY_BLIP_HIDDEN,
         )
-        # Defaults (vision 1e-10, text 0.02) give every image the same caption: the image
-        # signal must be strong enough to steer a random decoder.
-        config.vision_config.initializer_range = 0.5
-        config.text_config.initializer_range = 0.2
+        # The vision default (1e-10) starts every image at the same embedding: training from
+        # there is slow.
+        config.vision_config.initializer_range = 0.02
     config.text_config.vocab_size = len(vocabulary)
     config.text_config.pad_token_id = token_ids["[PAD]"]
     config.text_config.bos_token_id = token_ids["[DEC]"]
@@ -63,26 +68,34 @@ def _blip_parts(size: CheckpointSize):
 
 @register("blip-caption")
 def build_blip_caption(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
-    """BLIP image captioning (``BlipForConditionalGeneration``), base architecture when full."""
+    """BLIP image captioning (``BlipForConditionalGeneration``), base architecture when full;
+    tiny: trained on the world's captions and its yes/no questions (flags)."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     config, tokenizer, image_processor = _blip_parts(size)
-    model = BlipForConditionalGeneration(config).eval()
+    processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model = BlipForConditionalGeneration(config)
     add_noise_to_zero_matrices(model.vision_model)
+    if size is CheckpointSize.TINY:
+        train_blip_captioner(model, processor)
     model.generation_config.max_new_tokens = 20
-    model.save_pretrained(folder)
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
 
 
-@register("blip-vqa")
+@register("blip-vqa", needs=("blip-caption",))
 def build_blip_vqa(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """BLIP visual question answering (``BlipForQuestionAnswering``, the architecture of
-    ``Salesforce/blip-vqa-base``), base architecture when full."""
+    ``Salesforce/blip-vqa-base``), base architecture when full; tiny: starts from the trained
+    captioner's image and text weights and learns the world's questions."""
     from transformers import BlipForQuestionAnswering, BlipProcessor
 
     config, tokenizer, image_processor = _blip_parts(size)
-    model = BlipForQuestionAnswering(config).eval()
+    processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model = BlipForQuestionAnswering(config)
     add_noise_to_zero_matrices(model.vision_model)
+    if size is CheckpointSize.TINY:
+        train_blip_answerer(model, processor, needs["blip-caption"])
     model.generation_config.max_new_tokens = 10
-    model.save_pretrained(folder)
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)

@@ -65,7 +65,7 @@ def english_world_words() -> list[str]:
     from vlgraph.tiny.world import all_scenes, collective_caption, world_questions
 
     texts = [scene.caption for scene in all_scenes()]
-    texts += [collective_caption(all_scenes()[:2]), *world_questions()]
+    texts += [collective_caption(all_scenes()[:2]), *world_questions(), "answer :"]
     return list(dict.fromkeys(" ".join(texts).replace("?", " ?").split()))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from vlgraph.tiny.world import Scene, draw, random_scene
+from vlgraph.tiny.world import BACKGROUNDS, COLOURS, SHAPES, Scene, draw, random_scene
 
 #: Images in a training pool: each of the 72 scenes about 40 times, at random places and sizes.
 POOL_SIZE = 3000
@@ -88,10 +88,10 @@ def train(
             optimizer.step()
             scheduler.step()
             if step >= steps - max(1, steps // 10):
-                tail.append(float(loss))
+                tail.append(loss.item())
             bar.update(1)
             if step % 50 == 0:
-                bar.set_postfix_str(f"loss {float(loss):.3f}", refresh=False)
+                bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
     final = sum(tail) / len(tail)
     print(
         f"vlgraph-tiny {family}: {phase} done in {time.monotonic() - started:.0f} s "
@@ -99,6 +99,37 @@ def train(
         file=sys.stderr,
     )
     return final
+
+
+class SceneProbe:
+    """Linear read-outs of a scene's shape, colour and background from an image vector, used
+    only while training (never saved): their loss gives the vision tower a direct signal for
+    what the captions need, which a caption decoder alone passes back slowly."""
+
+    def __init__(self, width: int) -> None:
+        import torch
+
+        self._heads = [
+            torch.nn.Linear(width, len(values)) for values in (SHAPES, COLOURS, BACKGROUNDS)
+        ]
+
+    def parameters(self) -> list[Any]:
+        """The heads' weights, to train with the model's."""
+        return [parameter for head in self._heads for parameter in head.parameters()]
+
+    def loss(self, vectors: Any, scenes: list[Scene]) -> Any:
+        """Cross-entropy of the three read-outs of ``vectors`` (one per scene)."""
+        import torch
+
+        targets = (
+            [SHAPES.index(scene.shape) for scene in scenes],
+            [list(COLOURS).index(scene.colour) for scene in scenes],
+            [list(BACKGROUNDS).index(scene.background) for scene in scenes],
+        )
+        return sum(
+            torch.nn.functional.cross_entropy(head(vectors), torch.tensor(target))
+            for head, target in zip(self._heads, targets, strict=True)
+        )
 
 
 def batch_indices(seed: int, pool_size: int, batch: int) -> Callable[[int], list[int]]:

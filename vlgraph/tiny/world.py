@@ -95,12 +95,12 @@ def collective_caption(scenes: list[Scene]) -> str:
 
 def draw(scene: Scene, rng: random.Random, size: int = 64, jpeg: bool = True):
     """Draw ``scene`` as a ``size`` x ``size`` RGB PIL image: the shape at a random place and
-    scale (a third to three quarters of the side), round-tripped through JPEG at a random
+    scale (half to four fifths of the side), round-tripped through JPEG at a random
     quality unless ``jpeg`` is false."""
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
-    side = rng.uniform(0.35, 0.75) * size
+    side = rng.uniform(0.5, 0.8) * size
     left = rng.uniform(0.05 * size, 0.95 * size - side)
     top = rng.uniform(0.05 * size, 0.95 * size - side)
     fill = COLOURS[scene.colour]

@@ -37,8 +37,13 @@ class HealthResponse(BaseModel):
     reachable: dict[str, bool] = Field(description="Per model: would a request be served now.")
     random_weights: bool = Field(
         False,
-        description="Some models are tiny checkpoints with random weights (the offline "
-        "profile): their captions, answers, images and vectors are random.",
+        description="Some models are tiny checkpoints with random weights (SDXL in the "
+        "offline profile): their answers are noise.",
+    )
+    offline_world: bool = Field(
+        False,
+        description="Some models are tiny checkpoints trained on the offline world (the "
+        "offline profile): they know one coloured shape on a plain background, nothing else.",
     )
 
 
@@ -78,7 +83,10 @@ class ServedModelInfo(BaseModel):
     label: str = Field(examples=["Gemma 3"])
     deployment: str
     capabilities: list[Capability]
-    random_weights: bool = Field(description="A tiny checkpoint: its answers are noise.")
+    random_weights: bool = Field(description="A tiny random checkpoint: its answers are noise.")
+    offline_world: bool = Field(
+        description="A tiny checkpoint trained on the offline world of coloured shapes."
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -158,6 +166,7 @@ def router(context: IngressContext) -> APIRouter:
             models=sorted(context.deployments()),
             reachable=reachable,
             random_weights=any(model.random_weights for model in settings.catalog.served),
+            offline_world=any(model.offline_world for model in settings.catalog.served),
         )
 
     @routes.get("/openapi.json", include_in_schema=False)
@@ -221,6 +230,7 @@ def router(context: IngressContext) -> APIRouter:
                     deployment=model.deployment,
                     capabilities=sorted(model.capabilities),
                     random_weights=model.random_weights,
+                    offline_world=model.offline_world,
                 )
                 for model in settings.catalog.served
             ]

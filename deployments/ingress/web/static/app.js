@@ -256,6 +256,10 @@ function markNotServed(panelId, text, buttonIds) {
 
 function applyModels(models, catalog) {
   for (const model of catalog) served.set(model.name, model);
+  const random = catalog.filter((model) => model.random_weights).map((model) => model.label);
+  $("offline-random").textContent = random.length
+    ? `Random weights, so noise: ${random.join(", ")}.`
+    : "";
   const has = (name) => models.includes(name);
   const captioners = able("caption");
   fillMenu($("caption-model"), captioners, "blip");
@@ -296,7 +300,7 @@ function showHealth(health) {
   if (unreachable.length) text += ` · unreachable: ${unreachable.join(", ")}`;
   status.textContent = text;
   status.className = `service-status ${health.status === "healthy" ? "healthy" : "degraded"}`;
-  $("offline-notice").hidden = health.random_weights !== true;
+  $("offline-notice").hidden = health.random_weights !== true && health.offline_world !== true;
 }
 
 async function loadHealth() {
