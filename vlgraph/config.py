@@ -15,11 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, mod
 
 from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
 from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
+from vlgraph.tiny import (
+    DEFAULT_CHECKPOINT_CACHE,
+    resolve_checkpoint_cache_dir,
+    trained_on_world,
+)
 
 #: Sources of this form name a tiny random checkpoint the project writes itself.
 TINY_PREFIX = "tiny:"
 
-DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
 
 
 class StrictModel(BaseModel):
@@ -723,8 +727,6 @@ class AppConfig(StrictModel):
     def random_weight_models(self) -> list[str]:
         """Served models that are tiny checkpoints the factory leaves random (``tiny:`` sources
         of untrained families, such as SDXL): what they answer is noise."""
-        from vlgraph.tiny import trained_on_world
-
         return [
             name
             for name, model in self.served_models().items()
@@ -735,10 +737,3 @@ class AppConfig(StrictModel):
     def resolved_cache_dir(self) -> Path:
         """The absolute checkpoint cache folder."""
         return resolve_checkpoint_cache_dir(self.checkpoint_cache_dir)
-
-
-def resolve_checkpoint_cache_dir(folder: Path | str | None) -> Path:
-    """Where ``tiny:`` checkpoints are built: ``folder``, else ``$VLGRAPH_CACHE_DIR``, else the
-    default, made absolute."""
-    chosen = Path(folder or os.environ.get("VLGRAPH_CACHE_DIR") or DEFAULT_CHECKPOINT_CACHE)
-    return chosen.expanduser().resolve()

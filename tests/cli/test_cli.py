@@ -150,11 +150,17 @@ def readme_examples(url: str) -> None:
     single = httpx.post(f"{url}/caption", json={"image_path": "example.jpg"}, timeout=60)
     assert single.status_code == 200, single.text
     assert set(single.json()) == {"image_path", "caption", "processing_time"}
+    # The README's first request, answered as the README says: the offline models know the
+    # world the example images are drawn from.
+    assert single.json()["caption"] == "a red circle on a white background"
     body = {"image_paths": ["example1.jpg", "example2.jpg"]}
     for route in ("/batch-caption", "/async-batch-caption"):
         batch = httpx.post(f"{url}{route}", json=body, timeout=60)
         assert batch.status_code == 200, batch.text
-        assert all(item["caption"] for item in batch.json()["results"])
+        assert [item["caption"] for item in batch.json()["results"]] == [
+            "a blue square on a black background",
+            "a yellow star on a gray background",
+        ]
     # docs/api.md, "Multi-model captioning": the two curl examples of multi-model captioning.
     examples = REPO_ROOT / "images"
     one = [("images", ("example.jpg", (examples / "example.jpg").read_bytes(), "image/jpeg"))]

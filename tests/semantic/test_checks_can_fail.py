@@ -54,9 +54,10 @@ def test_a_wrongly_normalising_processor_fails_the_caption_check(
 ) -> None:
     broken = tmp_path / "blip-without-normalisation"
     shutil.copytree(ensure_checkpoint("blip-caption", checkpoint_cache), broken)
-    settings_file = broken / "preprocessor_config.json"
+    settings_file = broken / "processor_config.json"
     settings = json.loads(settings_file.read_text())
-    settings["do_normalize"] = False
+    assert settings["image_processor"]["do_normalize"] is True
+    settings["image_processor"]["do_normalize"] = False
     settings_file.write_text(json.dumps(settings))
     images = held_out(24, offset=10)
     config = BlipCaptionConfig(source=str(broken), device="cpu", generation={"max_new_tokens": 12})

@@ -61,7 +61,9 @@ def tiny_vlm_config(family: str, **fields: object) -> dict:
         "source": f"tiny:{family}",
         "device": "cpu",
         "torch_threads": 1,
-        "generation": {"max_new_tokens": 8},
+        # A collective caption of three images ("a red circle and a blue square and ...")
+        # takes 11 tokens.
+        "generation": {"max_new_tokens": 16},
         "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
         "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
         **fields,

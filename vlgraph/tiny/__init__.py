@@ -46,6 +46,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Where ``tiny:`` checkpoints are built when nothing else is configured (relative to the
+#: working directory: the repository for ``serve run configs/offline.yaml``).
+DEFAULT_CHECKPOINT_CACHE = ".cache/vlgraph/checkpoints"
+
 #: Bump to rebuild every checkpoint even though no recipe source changed.
 FACTORY_VERSION = 3
 
@@ -150,6 +154,13 @@ def checkpoint_folder(
     return folder / f"{family}-{size.value}-{recipe_hash(family, size)}"
 
 
+def resolve_checkpoint_cache_dir(folder: Path | str | None) -> Path:
+    """Where ``tiny:`` checkpoints are built: ``folder``, else ``$VLGRAPH_CACHE_DIR``, else
+    :data:`DEFAULT_CHECKPOINT_CACHE`, made absolute."""
+    chosen = Path(folder or os.environ.get("VLGRAPH_CACHE_DIR") or DEFAULT_CHECKPOINT_CACHE)
+    return chosen.expanduser().resolve()
+
+
 def is_built(family: str, cache_dir: Path | str, size: CheckpointSize | str = "tiny") -> bool:
     """Whether the checkpoint of the current recipe is complete in ``cache_dir``."""
     return (checkpoint_folder(family, cache_dir, size) / _COMPLETE_MARKER).exists()
@@ -233,9 +244,18 @@ def _build_deterministically(
 ) -> None:
     import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        builder(folder, size, needs)
+    # One thread: the same float reductions on every machine (so the same weights), and no
+    # oversubscription slowdown when other processes share the cores, which costs tiny models
+    # far more than a second thread gains them.
+    threads = torch.get_num_threads()
+    if size is CheckpointSize.TINY:
+        torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            builder(folder, size, needs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,8 +272,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--size", choices=[s.value for s in CheckpointSize], default="tiny")
     args = parser.parse_args(argv)
-    from vlgraph.config import resolve_checkpoint_cache_dir
-
     cache_dir = resolve_checkpoint_cache_dir(args.cache_dir)
     started = time.monotonic()
     for family in args.families or families():

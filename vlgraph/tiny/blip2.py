@@ -1,4 +1,8 @@
-"""BLIP-2 builder (``blip2``): an OPT language model behind a Q-Former."""
+"""BLIP-2 builder (``blip2``): an OPT language model behind a Q-Former.
+
+The tiny checkpoint is trained on the world (:mod:`vlgraph.tiny.vlm_training`): plain captions,
+captions for an instruction, and yes/no flags; BLIP-2 reads one image per prompt.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,17 @@ from vlgraph.tiny.common import (
     new_model,
     pad_vocabulary,
     save_with_processor,
-    shrink_token_embeddings,
     train_bpe,
+)
+from vlgraph.tiny.vlm_training import (
+    TINY_LAYERS,
+    VisionLanguageRecipe,
+    train_vision_language,
+)
+
+#: How the tiny checkpoint trains. Its prompts end with "Answer:", its answers with "</s>".
+TRAINING = VisionLanguageRecipe(
+    family="blip2", caption_instruction=None, end_token="</s>", steps=500, answer_prefix=" "
 )
 
 
@@ -52,7 +65,7 @@ def build_blip2(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -
         image_std=OPENAI_CLIP_STD,
         do_convert_rgb=True,
     )
-    num_query_tokens = 32 if full else 4
+    num_query_tokens = 32 if full else 8
     # The processor adds the <image> token to the tokenizer: read the sizes after it.
     processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=num_query_tokens)
     text_config = {
@@ -75,42 +88,37 @@ def build_blip2(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -
         config = Blip2Config(text_config=text_config, num_query_tokens=num_query_tokens)
     else:
         text_config |= {
-            "hidden_size": 32,
-            "ffn_dim": 64,
+            "hidden_size": 64,
+            "ffn_dim": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "word_embed_proj_dim": 32,
+            "num_attention_heads": 4,
+            "word_embed_proj_dim": 64,
             "max_position_embeddings": 256,
-            "init_std": 0.2,
+            "init_std": 0.125,
         }
         config = Blip2Config(
             vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
+                **TINY_LAYERS,
                 "image_size": image_size,
                 "patch_size": 8,
-                "initializer_range": 0.5,
+                "initializer_range": 0.125,
             },
             qformer_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
+                **TINY_LAYERS,
                 "cross_attention_frequency": 1,
+                "encoder_hidden_size": TINY_LAYERS["hidden_size"],
                 "max_position_embeddings": 64,
-                "initializer_range": 0.2,
+                "initializer_range": 0.125,
             },
             text_config=text_config,
             num_query_tokens=num_query_tokens,
-            initializer_range=0.2,
+            initializer_range=0.125,
         )
     config.image_token_index = tokenizer.convert_tokens_to_ids(processor.image_token.content)
 
     model = new_model(config, size)
     add_noise_to_zero_matrices(model)
     if not full:
-        shrink_token_embeddings(model)
+        train_vision_language(model, processor, TRAINING)
     greedy_generation_config(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     save_with_processor(model, processor, folder)

@@ -187,7 +187,7 @@ def build_clip_multilingual(folder: Path, size: CheckpointSize, needs: Mapping[s
     )
 
 
-MULTILINGUAL_STEPS = 400
+MULTILINGUAL_STEPS = 200
 
 
 def _distil_into_clip_space(model, dense_layer, tokenizer, clip_folder: Path) -> None:

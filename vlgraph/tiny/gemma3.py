@@ -1,4 +1,8 @@
-"""Gemma 3 builder (``gemma3``): ``Gemma3ForConditionalGeneration`` with its chat template."""
+"""Gemma 3 builder (``gemma3``): ``Gemma3ForConditionalGeneration`` with its chat template.
+
+The tiny checkpoint is trained on the world (:mod:`vlgraph.tiny.vlm_training`): captions for
+any instruction, yes/no flags, and collective captions of two or three images.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,21 @@ from vlgraph.tiny.common import (
     new_model,
     pad_vocabulary,
     save_with_processor,
-    shrink_token_embeddings,
     train_bpe,
+)
+from vlgraph.tiny.vlm_training import (
+    TINY_LAYERS,
+    VisionLanguageRecipe,
+    train_vision_language,
+)
+
+#: How the tiny checkpoint trains: captions for the offline profile's instruction, answers
+#: ending the turn as Gemma's do.
+TRAINING = VisionLanguageRecipe(
+    family="gemma3",
+    caption_instruction="Describe this image in one sentence.",
+    end_token="<end_of_turn>",
+    steps=400,
 )
 
 #: Gemma 3's chat format: ``<start_of_turn>user ... <end_of_turn>``, images as
@@ -57,6 +74,7 @@ _GEMMA3_CHAT_TEMPLATE = (
 @register("gemma3")
 def build_gemma3(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """Gemma 3 (``Gemma3ForConditionalGeneration``), ``google/gemma-3-4b-it`` dims when full."""
+    from tokenizers import pre_tokenizers
     from transformers import (
         Gemma3Config,
         Gemma3ImageProcessorPil,
@@ -73,8 +91,13 @@ def build_gemma3(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) 
         "image_token": "<image_soft_token>",
     }
     byte_tokens = [f"<0x{value:02X}>" for value in range(256)]
+    template = GemmaTokenizer()
+    if not full:
+        # Gemma's pre-tokenizer splits nothing once spaces are "▁", so its BPE would merge
+        # whole phrases ("a▁purple▁triangle▁on▁a▁"): learn word pieces, one token per world word.
+        template.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", "merged_with_next")
     vocab, merges = train_bpe(
-        GemmaTokenizer(),
+        template,
         [*names, *turns, *images.values(), *byte_tokens],
         TINY_BPE_VOCABULARY,
         byte_level=False,
@@ -87,7 +110,7 @@ def build_gemma3(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) 
     tokenizer.add_special_tokens(
         {"extra_special_tokens": turns}, replace_extra_special_tokens=False
     )
-    image_size, mm_tokens = (896, 256) if full else (32, 16)
+    image_size, mm_tokens = (896, 256) if full else (32, 4)
     image_processor = Gemma3ImageProcessorPil(
         size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
@@ -126,25 +149,16 @@ def build_gemma3(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) 
         }
     else:
         text_config |= {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
+            **TINY_LAYERS,
+            "num_key_value_heads": 2,
             "head_dim": 16,
             "query_pre_attn_scalar": 16,
-            "sliding_window": 16,
+            "sliding_window": 512,
             "layer_types": ["sliding_attention", "full_attention"],
             "max_position_embeddings": 512,
-            "initializer_range": 0.2,
+            "initializer_range": 0.125,
         }
-        vision_config = {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "patch_size": 4,
-        }
+        vision_config = {**TINY_LAYERS, "patch_size": 8}
     vision_config |= {
         "model_type": "siglip_vision_model",
         "image_size": image_size,
@@ -157,13 +171,13 @@ def build_gemma3(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) 
         boi_token_index=tokenizer.boi_token_id,
         eoi_token_index=tokenizer.eoi_token_id,
         image_token_index=tokenizer.image_token_id,
-        initializer_range=0.02 if full else 0.2,
+        initializer_range=0.02 if full else 0.125,
     )
 
     model = new_model(config, size)
     add_noise_to_zero_matrices(model)
     if not full:
-        shrink_token_embeddings(model)
+        train_vision_language(model, processor, TRAINING)
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     greedy_generation_config(model, [tokenizer.eos_token_id, end_of_turn], tokenizer.pad_token_id)
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -10,7 +10,7 @@ from vlgraph.tiny import CheckpointSize, register
 from vlgraph.tiny.common import add_noise_to_zero_matrices, word_vocabulary
 
 
-@register("git")
+@register("git", trained=False)
 def build_git(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """GIT image captioning, base architecture when full, a few kilobytes when tiny."""
     from transformers import (

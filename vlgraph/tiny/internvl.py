@@ -1,4 +1,8 @@
-"""InternVL 3 builder (``internvl``): a Qwen2 language model with its ChatML template."""
+"""InternVL 3 builder (``internvl``): a Qwen2 language model with its ChatML template.
+
+The tiny checkpoint is trained on the world (:mod:`vlgraph.tiny.vlm_training`): captions for
+any instruction, yes/no flags, and collective captions of two or three images.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,21 @@ from vlgraph.tiny.common import (
     new_model,
     pad_vocabulary,
     save_with_processor,
-    shrink_token_embeddings,
     train_bpe,
+)
+from vlgraph.tiny.vlm_training import (
+    TINY_LAYERS,
+    VisionLanguageRecipe,
+    train_vision_language,
+)
+
+#: How the tiny checkpoint trains: captions for the offline profile's instruction, answers
+#: ending with ``<|im_end|>`` as ChatML turns do.
+TRAINING = VisionLanguageRecipe(
+    family="internvl",
+    caption_instruction="Describe this image in one sentence.",
+    end_token="<|im_end|>",
+    steps=450,
 )
 
 #: InternVL's ChatML format; each image is ``<IMG_CONTEXT>``, expanded by the processor.
@@ -79,7 +96,7 @@ def build_internvl(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
         model_max_length=8192,
     )
     tokenizer.add_special_tokens({"extra_special_tokens": chat}, replace_extra_special_tokens=False)
-    image_size, patch_size = (448, 14) if full else (32, 4)
+    image_size, patch_size = (448, 14) if full else (32, 8)
     image_seq_length = int((image_size // patch_size) ** 2 * 0.5**2)
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": image_size, "width": image_size},
@@ -117,22 +134,16 @@ def build_internvl(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
         vision_config = {}  # the defaults: InternViT-300M at 448 px
     else:
         text_config |= {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
+            **TINY_LAYERS,
+            "num_key_value_heads": 2,
             "max_position_embeddings": 512,
-            "initializer_range": 0.2,
+            "initializer_range": 0.125,
         }
         vision_config = {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            **TINY_LAYERS,
             "image_size": image_size,
             "patch_size": patch_size,
-            "initializer_range": 0.2,
+            "initializer_range": 0.125,
         }
     config = InternVLConfig(
         vision_config=vision_config,
@@ -146,6 +157,6 @@ def build_internvl(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
     model = new_model(config, size)
     add_noise_to_zero_matrices(model)
     if not full:
-        shrink_token_embeddings(model)
+        train_vision_language(model, processor, TRAINING)
     greedy_generation_config(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     save_with_processor(model, processor, folder)

@@ -6,7 +6,11 @@ component), which ``StableDiffusionPipeline.from_pretrained(folder)`` and
 ``StableDiffusionXLPipeline.from_pretrained(folder)`` load like a Hub snapshot.
 
 ``tiny``: a few hundred kilobytes of float32 weights whose 64x64 images take milliseconds on a
-CPU, with the real latent layout (4 channels, 8x VAE downsampling). ``full``: the architecture of
+CPU. The tiny SD is trained at build time on the world of :mod:`vlgraph.tiny.world` (see
+:mod:`vlgraph.tiny.diffusion_training`): ``a red circle on a white background`` draws a red blob
+on white. It reuses the frozen text tower and tokenizer of the tiny ``clip`` checkpoint, and its
+autoencoder downsamples by 4 (64 px images are 16x16x4 latents). The tiny SDXL is random, with
+the real latent layout (4 channels, 8x downsampling). ``full``: the architecture of
 ``stable-diffusion-v1-5`` (with its safety checker) or of ``stable-diffusion-xl-base-1.0`` from
 their published configs, random weights saved in float16 as the Hub's ``fp16`` variants are.
 """
@@ -33,7 +37,7 @@ _CLIP_VOCABULARY = 49408
 #: ``scaled_linear`` betas that SD 1.5 and SDXL were trained with.
 _BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
-#: Tiny image side: 64 px images are 8x8 latents (the real SD VAE downsamples by 8).
+#: Tiny image side: the side the tiny SD is trained at and both tiny pipelines default to.
 TINY_IMAGE_SIZE = 64
 #: Cosine similarity an image embedding must reach to a concept embedding for the random safety
 #: checkers to flag it. Their concepts are random directions in 32 (tiny) or 768 (full)
@@ -209,33 +213,29 @@ def _full_safety_checker() -> tuple[Any, Any]:
     return checker, processor
 
 
-@register("sd")
+@register("sd", needs=("clip",))
 def build_stable_diffusion(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """Stable Diffusion 1.5 (``StableDiffusionPipeline``) with its safety checker and PNDM
-    scheduler; ``stable-diffusion-v1-5`` dimensions when full."""
+    scheduler: trained on the world under the frozen text tower of the tiny ``clip``
+    checkpoint when tiny, ``stable-diffusion-v1-5`` dimensions with random weights when full."""
+    if size is CheckpointSize.TINY:
+        pipeline = _tiny_stable_diffusion(needs["clip"] / "0_CLIPModel")
+    else:
+        pipeline = _full_stable_diffusion()
+    pipeline.save_pretrained(folder)
+
+
+def _full_stable_diffusion() -> Any:
+    """SD 1.5's architecture with random float16 weights and the full safety checker."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    full = size is CheckpointSize.FULL
+    size = CheckpointSize.FULL
     tokenizer = _clip_tokenizer(size)
     with _construction_dtype(size):
-        text_encoder = CLIPTextModel(_text_config(tokenizer, **(_CLIP_L_TEXT if full else {})))
-        if full:
-            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-            safety_checker, feature_extractor = _full_safety_checker()
-        else:
-            # SD's block pattern (cross-attention down blocks, then a plain one) in two levels.
-            unet = UNet2DConditionModel(
-                sample_size=TINY_IMAGE_SIZE // 8,
-                block_out_channels=(16, 32),
-                layers_per_block=1,
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=_TINY_TEXT["hidden_size"],
-                attention_head_dim=4,
-                norm_num_groups=8,
-            )
-            safety_checker, feature_extractor = _tiny_safety_checker()
+        text_encoder = CLIPTextModel(_text_config(tokenizer, **_CLIP_L_TEXT))
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+        safety_checker, feature_extractor = _full_safety_checker()
         vae = _vae(size, scaling_factor=0.18215, full_sample_size=512)
     modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "checker": safety_checker}
     _finish(modules, size)
@@ -246,7 +246,7 @@ def build_stable_diffusion(folder: Path, size: CheckpointSize, needs: Mapping[st
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipeline = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -256,7 +256,138 @@ def build_stable_diffusion(folder: Path, size: CheckpointSize, needs: Mapping[st
         feature_extractor=feature_extractor,
         requires_safety_checker=True,
     )
-    pipeline.save_pretrained(folder)
+
+
+#: Tiny SD's autoencoder: three blocks, so 4x downsampling (64 px images are 16x16x4 latents).
+#: One normalisation group: with one channel per group, GroupNorm erases the colour of flat
+#: regions, which is what the prompts ask for.
+_TINY_SD_VAE = {
+    "block_out_channels": (8, 16, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 1,
+    "mid_block_add_attention": False,
+}
+#: Tiny SD's UNet: SD's block pattern in two levels, cross-attention at the coarser one only
+#: (at 16x16 it would cost several times more per step), no middle block (as good, and a
+#: quarter cheaper); the attention-pooled prompt also joins the time embedding, which reaches
+#: every ResNet block.
+_TINY_SD_UNET = {
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "mid_block_type": None,
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": 2,
+    "norm_num_groups": 4,
+    "addition_embed_type": "text",
+    "addition_embed_type_num_heads": 2,
+}
+#: Training pool (seed, images), steps, batches and learning rates of the tiny SD.
+_POOL_SEED = 2
+_POOL_IMAGES = 3000
+_VAE_STEPS = 300
+_VAE_BATCH = 32
+_VAE_CROP = 32
+_VAE_LEARNING_RATE = 5e-3
+_UNET_STEPS = 800
+_UNET_BATCH = 64
+_UNET_LEARNING_RATE = 5e-3
+#: Share of training captions replaced by the empty prompt, for classifier-free guidance.
+_EMPTY_PROMPTS = 0.1
+
+
+def _tiny_stable_diffusion(clip_folder: Path) -> Any:
+    """The tiny SD pipeline trained on the world, with ``clip_folder``'s text tower and
+    tokenizer (frozen) and the tiny random safety checker."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    from vlgraph.tiny.diffusion_training import (
+        encode_images,
+        prompt_states,
+        train_autoencoder,
+        train_denoiser,
+        world_tensors,
+    )
+    from vlgraph.tiny.world import all_scenes
+
+    clip = CLIPModel.from_pretrained(clip_folder, dtype=torch.float32)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    text_encoder.eval().requires_grad_(False)
+    # The pipeline pads every prompt to model_max_length: it must fit the position table.
+    tokenizer = CLIPTokenizer.from_pretrained(
+        clip_folder, model_max_length=text_encoder.config.max_position_embeddings
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(_TINY_SD_VAE["block_out_channels"]),
+        up_block_types=("UpDecoderBlock2D",) * len(_TINY_SD_VAE["block_out_channels"]),
+        latent_channels=4,
+        sample_size=TINY_IMAGE_SIZE,
+        **_TINY_SD_VAE,
+    )
+    downsampling = 2 ** (len(_TINY_SD_VAE["block_out_channels"]) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_IMAGE_SIZE // downsampling,
+        cross_attention_dim=text_encoder.config.hidden_size,
+        **_TINY_SD_UNET,
+    )
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000,
+        **_BETAS,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    images, scene_rows = world_tensors(_POOL_SEED, _POOL_IMAGES, TINY_IMAGE_SIZE)
+    train_autoencoder(
+        vae,
+        images,
+        steps=_VAE_STEPS,
+        batch=_VAE_BATCH,
+        crop=_VAE_CROP,
+        learning_rate=_VAE_LEARNING_RATE,
+        kl_weight=1e-4,
+        colour_weight=4.0,
+        seed=_POOL_SEED,
+    )
+    vae.requires_grad_(False)
+    captions = [scene.caption for scene in all_scenes()]
+    train_denoiser(
+        unet,
+        encode_images(vae, images),
+        scene_rows,
+        prompt_states(tokenizer, text_encoder, [*captions, ""]),
+        scheduler.alphas_cumprod,
+        steps=_UNET_STEPS,
+        batch=_UNET_BATCH,
+        learning_rate=_UNET_LEARNING_RATE,
+        empty_fraction=_EMPTY_PROMPTS,
+        seed=_POOL_SEED + 1,
+    )
+    unet.requires_grad_(False)
+    safety_checker, feature_extractor = _tiny_safety_checker()
+    safety_checker.eval()
+    add_noise_to_zero_matrices(safety_checker)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=safety_checker,
+        feature_extractor=feature_extractor,
+        requires_safety_checker=True,
+    )
 
 
 @register("sdxl")

@@ -233,16 +233,18 @@ def test_the_offline_profile_fits_two_cores() -> None:
     assert total <= 1.75, f"{total} CPUs asked; keep room for Serve's proxy and controller"
 
 
-def test_only_tiny_sources_count_as_random_weights() -> None:
-    """The web page's offline notice: on for the offline profile's tiny checkpoints, off for
-    real Hub ids, and naming only the models that are tiny."""
+def test_only_untrained_tiny_sources_count_as_random_weights() -> None:
+    """The web page's offline notice names the random models: in the offline profile only
+    SDXL (every other tiny checkpoint is trained on the world); none for real Hub ids."""
     offline = AppConfig.model_validate(profile_args("configs/offline.yaml"))
-    assert set(offline.random_weight_models()) == set(offline.served_models())
+    assert offline.random_weight_models() == ["sdxl"]
     for real in ("configs/local.yaml", "serve_config.yaml"):
         assert AppConfig.model_validate(profile_args(real)).random_weight_models() == []
     mixed = profile_args("configs/local.yaml")
     mixed["models"]["blip"]["source"] = "tiny:blip-caption"
-    assert AppConfig.model_validate(mixed).random_weight_models() == ["blip"]
+    assert AppConfig.model_validate(mixed).random_weight_models() == []
+    mixed["models"]["git"] = {"source": "tiny:git"}
+    assert AppConfig.model_validate(mixed).random_weight_models() == ["git"]
 
 
 @pytest.mark.parametrize("path", PROFILES)

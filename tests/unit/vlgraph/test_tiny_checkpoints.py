@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import pkgutil
+import random
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,16 @@ import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
 import vlgraph.tiny
-from tests.support.common import noise_image
-from vlgraph.tiny import ensure_checkpoint, families, family_modules
+from vlgraph.tiny import (
+    blip_training,
+    checkpoint_folder,
+    ensure_checkpoint,
+    families,
+    family_modules,
+    is_built,
+    recipe_hash,
+)
+from vlgraph.tiny.world import HELD_OUT_SEED, Scene, draw
 
 #: Every family the configs and the tests name as ``tiny:<family>``.
 EXPECTED_FAMILIES = [
@@ -42,27 +53,70 @@ def test_blip_checkpoint_has_the_standard_layout(checkpoint_cache: Path) -> None
     assert sum(path.stat().st_size for path in folder.iterdir()) < 2_000_000
 
 
-def test_checkpoints_are_deterministic_and_reused(checkpoint_cache: Path, tmp_path: Path) -> None:
-    first = ensure_checkpoint("blip-caption", checkpoint_cache)
-    again = ensure_checkpoint("blip-caption", checkpoint_cache)
-    other = ensure_checkpoint("blip-caption", tmp_path)
-    assert again == first
-    digest = [
-        hashlib.sha256((f / "model.safetensors").read_bytes()).hexdigest() for f in (first, other)
-    ]
+def test_training_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The captioner's recipe, cut to a few steps, gives the same bytes twice."""
+    monkeypatch.setattr(blip_training, "CAPTIONER_STEPS", 12)
+    built = [ensure_checkpoint("blip-caption", tmp_path / name) for name in ("one", "two")]
+    digest = [hashlib.sha256((f / "model.safetensors").read_bytes()).hexdigest() for f in built]
     assert digest[0] == digest[1]
 
 
-def test_from_pretrained_loads_it_and_images_change_the_caption(checkpoint_cache: Path) -> None:
+def test_checkpoints_are_reused_and_named_by_their_recipe(checkpoint_cache: Path) -> None:
+    first = ensure_checkpoint("blip-caption", checkpoint_cache)
+    assert ensure_checkpoint("blip-caption", checkpoint_cache) == first
+    assert first == checkpoint_folder("blip-caption", checkpoint_cache)
+    assert first.name == f"blip-caption-tiny-{recipe_hash('blip-caption')}"
+    assert is_built("blip-caption", checkpoint_cache)
+
+
+def test_a_recipe_hash_covers_the_modules_it_imports_and_the_recipes_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sources = vlgraph.tiny._recipe_sources("vlgraph.tiny.blip")
+    assert any("def train_blip_captioner" in source for source in sources)
+    assert any("class Scene" in source for source in sources)  # world.py, through training.py
+    before = recipe_hash("blip-vqa")
+    real = vlgraph.tiny.recipe_hash
+
+    def changed_captioner(family: str, size: str = "tiny") -> str:
+        return "changed" if family == "blip-caption" else real(family, size)
+
+    monkeypatch.setattr(vlgraph.tiny, "recipe_hash", changed_captioner)
+    assert real("blip-vqa") != before
+    assert real("blip-vqa", "full") == real("blip-vqa", "full")  # full size trains nothing
+
+
+def test_one_process_trains_while_the_others_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def slow_builder(folder: Path, size, needs) -> None:
+        calls.append(folder)
+        time.sleep(0.5)
+        (folder / "config.json").write_text("{}")
+
+    families()
+    monkeypatch.setitem(vlgraph.tiny._FAMILIES, "slow", vlgraph.tiny.Family(slow_builder, (), True))
+    monkeypatch.setattr(vlgraph.tiny, "recipe_hash", lambda family, size="tiny": "fixed")
+    with ThreadPoolExecutor(3) as pool:
+        folders = list(pool.map(lambda _: ensure_checkpoint("slow", tmp_path), range(3)))
+    assert len(calls) == 1 and len(set(folders)) == 1
+    assert (folders[0] / "config.json").exists()
+    assert not [path for path in tmp_path.iterdir() if path.is_dir() and path != folders[0]]
+
+
+def test_from_pretrained_loads_it_and_it_captions_the_world(checkpoint_cache: Path) -> None:
     folder = ensure_checkpoint("blip-caption", checkpoint_cache)
     processor = BlipProcessor.from_pretrained(folder)
     model = BlipForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    images = [noise_image(seed) for seed in range(4)]
+    scenes = [Scene("circle", "red", "white"), Scene("square", "blue", "black")]
+    rng = random.Random(HELD_OUT_SEED)
+    images = [draw(scene, rng, 96) for scene in scenes]
     with torch.inference_mode():
-        output = model.generate(**processor(images=images, return_tensors="pt"), max_new_tokens=10)
+        output = model.generate(**processor(images=images, return_tensors="pt"), max_new_tokens=12)
     captions = processor.batch_decode(output, skip_special_tokens=True)
-    assert all(captions)
-    assert len(set(captions)) > 1
+    assert [caption.strip() for caption in captions] == [scene.caption for scene in scenes]
 
 
 def test_unknown_family_names_the_known_ones(tmp_path: Path) -> None:
@@ -85,7 +139,8 @@ def test_every_module_of_the_package_is_discovered_and_registers_a_family() -> N
     assert {"blip", "clip", "blip2", "gemma3", "internvl", "stable_diffusion"} <= modules
     families()  # imports every module of the package
     registering = {
-        vlgraph.tiny._BUILDERS[family].__module__.rpartition(".")[2] for family in families()
+        vlgraph.tiny._FAMILIES[family].builder.__module__.rpartition(".")[2]
+        for family in families()
     }
     assert registering == set(family_modules())
 
@@ -96,11 +151,11 @@ def test_a_new_module_in_the_package_is_discovered(
     (tmp_path / "made_up.py").write_text(
         "from vlgraph.tiny import register\n\n\n"
         '@register("made-up")\n'
-        "def build(folder, size):\n"
+        "def build(folder, size, needs):\n"
         '    (folder / "config.json").write_text("{}")\n'
     )
     monkeypatch.setattr(vlgraph.tiny, "__path__", [*vlgraph.tiny.__path__, str(tmp_path)])
-    monkeypatch.setattr(vlgraph.tiny, "_BUILDERS", dict(vlgraph.tiny._BUILDERS))
+    monkeypatch.setattr(vlgraph.tiny, "_FAMILIES", dict(vlgraph.tiny._FAMILIES))
     monkeypatch.setattr(vlgraph.tiny, "_discovered", False)
     try:
         assert "made_up" in family_modules()
