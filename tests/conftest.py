@@ -27,6 +27,7 @@ from tests.support.common import (
     noise_image,
     release_ray,
     wait_until_healthy,
+    world_image,
 )
 from tests.support.world_checks import FIGURES
 from vlgraph.config import DEFAULT_CHECKPOINT_CACHE
@@ -69,6 +70,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "nested").mkdir(parents=True)
     for index in range(6):
         noise_image(index).save(root / f"noise{index}.jpg")
+        world_image(index).save(root / f"world{index}.jpg")
     Image.new("RGB", (64, 48), (220, 20, 20)).save(root / "red.jpg")
     Image.new("RGB", (64, 48), (20, 20, 220)).save(root / "nested" / "blue.png")
     noise_image(7).save(root / "noise.webp", format="WEBP")

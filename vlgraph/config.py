@@ -25,7 +25,6 @@ from vlgraph.tiny import (
 TINY_PREFIX = "tiny:"
 
 
-
 class StrictModel(BaseModel):
     """Base of every config model: unknown fields are errors, and defaults are validated too
     (several come from environment variables)."""

@@ -45,6 +45,18 @@ def noise_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def world_image(index: int, side: int = 96) -> Image.Image:
+    """The ``index``-th of a fixed list of held-out world images, each a different scene (the
+    offline models tell them apart, where noise images may all get one answer)."""
+    import random
+
+    from vlgraph.tiny.world import HELD_OUT_SEED, all_scenes, draw
+
+    rng = random.Random(HELD_OUT_SEED + 500)
+    scenes = rng.sample(all_scenes(), 24)
+    return draw(scenes[index % 24], random.Random(HELD_OUT_SEED + 600 + index), side)
+
+
 def jpeg_bytes(image: Image.Image) -> bytes:
     """Encode ``image`` as JPEG."""
     import io

@@ -262,7 +262,7 @@ def _full_stable_diffusion() -> Any:
 #: One normalisation group: with one channel per group, GroupNorm erases the colour of flat
 #: regions, which is what the prompts ask for.
 _TINY_SD_VAE = {
-    "block_out_channels": (8, 16, 16),
+    "block_out_channels": (16, 16, 16),
     "layers_per_block": 1,
     "norm_num_groups": 1,
     "mid_block_add_attention": False,
@@ -285,7 +285,7 @@ _TINY_SD_UNET = {
 #: Training pool (seed, images), steps, batches and learning rates of the tiny SD.
 _POOL_SEED = 2
 _POOL_IMAGES = 3000
-_VAE_STEPS = 300
+_VAE_STEPS = 400
 _VAE_BATCH = 32
 _VAE_CROP = 32
 _VAE_LEARNING_RATE = 5e-3
@@ -325,6 +325,8 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
     tokenizer = CLIPTokenizer.from_pretrained(
         clip_folder, model_max_length=text_encoder.config.max_position_embeddings
     )
+    # Each model starts from its own seed, whatever randomness loading the CLIP used up.
+    torch.manual_seed(_POOL_SEED)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -335,6 +337,7 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
         **_TINY_SD_VAE,
     )
     downsampling = 2 ** (len(_TINY_SD_VAE["block_out_channels"]) - 1)
+    torch.manual_seed(_POOL_SEED + 1)
     unet = UNet2DConditionModel(
         sample_size=TINY_IMAGE_SIZE // downsampling,
         cross_attention_dim=text_encoder.config.hidden_size,
@@ -390,7 +393,7 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
     )
 
 
-@register("sdxl")
+@register("sdxl", trained=False)
 def build_stable_diffusion_xl(
     folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
 ) -> None:

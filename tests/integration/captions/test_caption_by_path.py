@@ -79,7 +79,7 @@ def test_format_is_judged_by_content_not_extension(app: RunningApp) -> None:
 
 
 def test_different_images_get_different_captions(app: RunningApp) -> None:
-    captions = {caption(app, f"noise{index}.jpg").json()["caption"] for index in range(4)}
+    captions = {caption(app, f"world{index}.jpg").json()["caption"] for index in range(4)}
     assert len(captions) > 1
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deployments.vlm_caption import VisionLanguageCaptioner
-from tests.support.common import jpeg_bytes, noise_image
+from tests.support.common import jpeg_bytes, noise_image, world_image
 from vlgraph.config import VisionLanguageConfig
 from vlgraph.messages import CaptionRequest, FlagRequest
 from vlgraph.tiny import ensure_checkpoint
@@ -77,8 +77,8 @@ def test_greedy_generation_decodes_text(loaded: Loaded) -> None:
 
 
 def test_different_images_give_different_text(loaded: Loaded) -> None:
-    first = loaded.generate([[noise_image(10)]], [None])
-    second = loaded.generate([[noise_image(11)]], [None])
+    first = loaded.generate([[world_image(0)]], [None])
+    second = loaded.generate([[world_image(1)]], [None])
     assert first != second
 
 
