@@ -2,9 +2,9 @@
 
 Two phases, each a fixed number of steps from fixed seeds:
 
-1. The autoencoder learns to reconstruct world images (random crops, which teach the same local
-   statistics as whole images at a quarter of the cost); its ``scaling_factor`` is then set so
-   that the scaled latents of the pool have unit variance, as the UNet expects.
+1. The autoencoder learns to reconstruct world images (random crops, at a quarter of the cost
+   of whole images); its ``scaling_factor`` is then set so that the scaled latents of the pool
+   have unit variance, as the UNet expects.
 2. The UNet learns v-prediction on the latents of the whole images, conditioned on the frozen
    text encoder's states of the images' captions, computed once (the pipeline's own encoding:
    padded to ``model_max_length``, no attention mask). A fraction of the captions are empty so
@@ -45,9 +45,8 @@ def train_autoencoder(
     seed: int,
 ) -> None:
     """Train ``vae`` to reconstruct random ``crop`` x ``crop`` crops of ``images`` (a multiple
-    of the downsampling factor, so crops keep the latent grid's alignment) with a light KL
-    penalty, then set its ``scaling_factor`` to the inverse standard deviation of the latent
-    means of all ``images``."""
+    of the downsampling factor, so crops keep the latent grid's alignment) from its latent
+    means, with a light KL penalty."""
     import torch
 
     indices = batch_indices(seed, len(images), batch)
@@ -72,18 +71,18 @@ def train_autoencoder(
     vae.train()
     train("sd", vae.parameters(), loss_of_step, steps, learning_rate, phase="autoencoder")
     vae.eval()
-    latents = encode_images(vae, images, scaling_factor=1.0)
-    vae.register_to_config(scaling_factor=float(1 / latents.std()))
 
 
-def encode_images(vae: Any, images: Any, scaling_factor: float | None = None) -> Any:
-    """The latent means of ``images``, times ``scaling_factor`` (default: the VAE's own)."""
+def scaled_latents(vae: Any, images: Any) -> Any:
+    """Set ``vae``'s ``scaling_factor`` to the inverse standard deviation of the latent means
+    of ``images`` and return those means scaled by it (what the UNet learns to denoise)."""
     import torch
 
-    scale = vae.config.scaling_factor if scaling_factor is None else scaling_factor
     with torch.no_grad():
-        means = [vae.encode(chunk).latent_dist.mean for chunk in images.split(256)]
-    return torch.cat(means) * scale
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(256)])
+    scale = float(1 / means.std())
+    vae.register_to_config(scaling_factor=scale)
+    return means * scale
 
 
 def prompt_states(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> Any:

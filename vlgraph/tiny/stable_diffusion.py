@@ -289,7 +289,10 @@ _VAE_STEPS = 400
 _VAE_BATCH = 32
 _VAE_CROP = 32
 _VAE_LEARNING_RATE = 5e-3
-_UNET_STEPS = 800
+#: Weights of the VAE's KL penalty and of its patch-mean colour term (next to plain MSE).
+_VAE_KL_WEIGHT = 1e-4
+_VAE_COLOUR_WEIGHT = 4.0
+_UNET_STEPS = 700
 _UNET_BATCH = 64
 _UNET_LEARNING_RATE = 5e-3
 #: Share of training captions replaced by the empty prompt, for classifier-free guidance.
@@ -309,8 +312,8 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
     from vlgraph.tiny.diffusion_training import (
-        encode_images,
         prompt_states,
+        scaled_latents,
         train_autoencoder,
         train_denoiser,
         world_tensors,
@@ -359,15 +362,14 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
         batch=_VAE_BATCH,
         crop=_VAE_CROP,
         learning_rate=_VAE_LEARNING_RATE,
-        kl_weight=1e-4,
-        colour_weight=4.0,
+        kl_weight=_VAE_KL_WEIGHT,
+        colour_weight=_VAE_COLOUR_WEIGHT,
         seed=_POOL_SEED,
     )
-    vae.requires_grad_(False)
     captions = [scene.caption for scene in all_scenes()]
     train_denoiser(
         unet,
-        encode_images(vae, images),
+        scaled_latents(vae, images),
         scene_rows,
         prompt_states(tokenizer, text_encoder, [*captions, ""]),
         scheduler.alphas_cumprod,
@@ -377,7 +379,6 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
         empty_fraction=_EMPTY_PROMPTS,
         seed=_POOL_SEED + 1,
     )
-    unet.requires_grad_(False)
     safety_checker, feature_extractor = _tiny_safety_checker()
     safety_checker.eval()
     add_noise_to_zero_matrices(safety_checker)
