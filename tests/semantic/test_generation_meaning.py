@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.common import RunningApp, tiny_generator_config
+from tests.support.common import RunningApp, similar_image_app_args
 from tests.support.world_checks import read_generated, record, share
 from vlgraph.tiny.world import Scene, all_scenes
 
@@ -84,16 +84,7 @@ def test_the_pipeline_turns_a_red_circle_on_white_into_a_white_image_with_red(
     from graphs.similar_image import build_similar_image_app
     from tests.support.world_checks import held_out
 
-    args = {
-        "checkpoint_cache_dir": str(checkpoint_cache),
-        "captioner": {
-            "source": "tiny:blip-caption",
-            "device": "cpu",
-            "torch_threads": 1,
-            "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-        },
-        "generator": tiny_generator_config("sd"),
-    }
+    args = similar_image_app_args(checkpoint_cache, "sd")
     serve.run(build_similar_image_app(args), name="similar-sd", route_prefix="/similar-sd")
     try:
         url = f"http://127.0.0.1:{ray_instance}/similar-sd/api/similar-image"

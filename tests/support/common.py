@@ -101,6 +101,21 @@ def tiny_generator_config(family: str, **fields: object) -> dict:
     }
 
 
+def similar_image_app_args(checkpoint_cache: Path, generator: str) -> dict:
+    """The standalone caption -> diffusion application as the tests serve it: the tiny BLIP
+    captioner chained into the tiny ``generator`` (``sd`` or ``sdxl``)."""
+    return {
+        "checkpoint_cache_dir": str(checkpoint_cache),
+        "captioner": {
+            "source": "tiny:blip-caption",
+            "device": "cpu",
+            "torch_threads": 1,
+            "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
+        },
+        "generator": tiny_generator_config(generator),
+    }
+
+
 def make_test_config(
     checkpoint_cache: Path, image_root: Path, data_dir: Path | None = None
 ) -> AppConfig:

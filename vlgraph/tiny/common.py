@@ -186,18 +186,6 @@ def pad_vocabulary(vocabulary: dict[str, int], size: int, space: str) -> dict[st
     return padded
 
 
-def shrink_token_embeddings(model, factor: float = 0.1) -> None:
-    """Scale down a tiny language model's token embeddings (tied with its output layer).
-
-    Otherwise the last prompt token's own embedding dominates the hidden state that picks the
-    next token, and different images often give the same text.
-    """
-    import torch
-
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(factor)
-
-
 def greedy_generation_config(model, eos_token_id: int | list[int], pad_token_id: int) -> None:
     """Greedy decoding with the family's stop tokens, saved with the model."""
     generation = model.generation_config

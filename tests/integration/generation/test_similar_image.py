@@ -255,18 +255,9 @@ def test_the_pipeline_runs_as_its_own_application(
     from ray import serve
 
     from graphs.similar_image import build_similar_image_app
-    from tests.support.common import tiny_generator_config
+    from tests.support.common import similar_image_app_args
 
-    args = {
-        "checkpoint_cache_dir": str(checkpoint_cache),
-        "captioner": {
-            "source": "tiny:blip-caption",
-            "device": "cpu",
-            "torch_threads": 1,
-            "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
-        },
-        "generator": tiny_generator_config("sdxl"),
-    }
+    args = similar_image_app_args(checkpoint_cache, "sdxl")
     serve.run(build_similar_image_app(args), name="similar", route_prefix="/similar")
     try:
         # The standalone application serves the full app's similar-image routes.
