@@ -14,6 +14,7 @@ from vlgraph.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from vlgraph.text_inputs import is_blank
 
 
 def resolve_image_path(raw_path: str, image_root: Path) -> Path:
@@ -26,7 +27,7 @@ def resolve_image_path(raw_path: str, image_root: Path) -> Path:
     """
     if "\x00" in raw_path:
         raise BadRequestError("image_path contains a NUL byte", code="invalid_path")
-    if not raw_path.strip():
+    if is_blank(raw_path):
         raise BadRequestError("image_path is empty", code="invalid_path")
     candidate = Path(raw_path)
     if ".." in candidate.parts:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vlgraph.config import TINY_PREFIX
 from vlgraph.errors import ModelUnavailableError
-from vlgraph.tiny import ensure_checkpoint, families
+from vlgraph.tiny import ensure_checkpoint, families, is_built
 
 #: Seconds to wait for the Hub before declaring it unreachable at start-up.
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -59,8 +59,19 @@ def _how_to_provide(name: str, source: str) -> str:
         f"folder holding the checkpoint; pre-download it on a machine with network access "
         f"(`vlgraph-fetch PROFILE.yaml` or `hf download {source}`) and copy the Hugging Face "
         "cache (HF_HOME) here; or run the offline profile (`serve run configs/offline.yaml`), "
-        "which builds tiny random checkpoints locally."
+        "which trains tiny checkpoints on its offline world locally."
     )
+
+
+def _tiny_family(name: str, source: str) -> str:
+    """The registered family a ``tiny:`` source names."""
+    family = source.removeprefix(TINY_PREFIX)
+    if family not in families():
+        raise ModelUnavailableError(
+            f"model '{name}': unknown tiny checkpoint {source!r}; known: "
+            + ", ".join(TINY_PREFIX + f for f in families())
+        )
+    return family
 
 
 def resolve_model_path(
@@ -71,13 +82,7 @@ def resolve_model_path(
     ``name`` is the model's key in the configuration, used in error messages.
     """
     if source.startswith(TINY_PREFIX):
-        family = source.removeprefix(TINY_PREFIX)
-        if family not in families():
-            raise ModelUnavailableError(
-                f"model '{name}': unknown tiny checkpoint {source!r}; known: "
-                + ", ".join(TINY_PREFIX + f for f in families())
-            )
-        return str(ensure_checkpoint(family, cache_dir))
+        return str(ensure_checkpoint(_tiny_family(name, source), cache_dir))
 
     local = Path(source).expanduser()
     if local.is_dir():
@@ -149,17 +154,23 @@ def _probe_hub(name: str, source: str, revision: str | None) -> None:
         ) from None
 
 
-def check_model_available(name: str, source: str, cache_dir: Path, revision: str | None) -> None:
-    """Start-up check: the weights are local, buildable, or downloadable right now."""
+def check_model_available(name: str, source: str, cache_dir: Path, revision: str | None) -> str:
+    """Start-up check without side effects: the weights are local, buildable, or downloadable
+    right now. Returns how (``available``, or that a ``tiny:`` checkpoint is trained on first
+    start); raises :class:`ModelUnavailableError` otherwise."""
     if source.startswith(TINY_PREFIX):
-        resolve_model_path(name, source, cache_dir, revision)
-        return
+        family = _tiny_family(name, source)
+        if is_built(family, cache_dir):
+            return "available"
+        return "not built yet: trained on first start (or by vlgraph-tiny)"
     try:
         resolve_model_path(name, source, cache_dir, revision, download=False)
     except ModelUnavailableError:
         if _hub_offline() or _looks_like_path(source):
             raise
         _probe_hub(name, source, revision)
+        return "downloadable"
+    return "available"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="download nothing: exit 1 with instructions unless every model can be found",
+        help="download and train nothing: exit 1 with instructions unless every model can be found",
     )
     args = parser.parse_args(argv)
     with open(args.profile) as file:
@@ -184,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, model in config.served_models().items():
             try:
                 if args.check:
-                    check_model_available(name, model.source, cache_dir, model.revision)
-                    outcome = "available"
+                    outcome = check_model_available(name, model.source, cache_dir, model.revision)
                 else:
                     path = resolve_model_path(name, model.source, cache_dir, model.revision)
                     outcome = f"-> {path}"

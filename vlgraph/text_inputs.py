@@ -6,6 +6,22 @@ from __future__ import annotations
 
 from vlgraph.errors import ServiceError
 
+#: What counts as blank: Python's white space (``str.isspace``, which includes the ASCII
+#: separators U+001C..U+001F) and JSON Schema's (ECMA-262 ``\\s``, which adds U+FEFF). One
+#: explicit set, so the server and the API description's pattern agree in every regex engine.
+BLANK_CHARACTERS = "".join(
+    sorted({chr(code) for code in range(0x10000) if chr(code).isspace()} | {"\ufeff"})
+)
+#: :data:`BLANK_CHARACTERS` as the inside of a regex character class (``\\uXXXX`` escapes).
+BLANK_CLASS = "".join(f"\\u{ord(character):04x}" for character in BLANK_CHARACTERS)
+#: JSON Schema pattern of a text with something other than blank characters in it.
+NOT_BLANK_PATTERN = f"[^{BLANK_CLASS}]"
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing but :data:`BLANK_CHARACTERS`."""
+    return not text.strip(BLANK_CHARACTERS)
+
 
 def checked_text(
     text: str | None,
@@ -24,7 +40,7 @@ def checked_text(
         raise error(
             f"{what} has {len(raw)} characters; the limit is {limit}", code=long_code, status=422
         )
-    cleaned = raw.strip()
+    cleaned = raw.strip(BLANK_CHARACTERS)
     if not cleaned and empty_code is not None:
         raise error(f"{what} is empty", code=empty_code, status=422)
     return cleaned or None

@@ -28,14 +28,13 @@ from vlgraph.generation_params import MAX_SEED, MIN_SIZE, SIZE_MULTIPLE
 from vlgraph.image_store import IMAGE_ID_PATTERN
 from vlgraph.images import ImageInfo
 from vlgraph.served_models import Capability, ModelCatalog
+from vlgraph.text_inputs import BLANK_CLASS, NOT_BLANK_PATTERN
 
 #: What a path must look like: no NUL byte, something other than white space.
-IMAGE_PATH_PATTERN = r"^[^\x00]*\S[^\x00]*$"
+IMAGE_PATH_PATTERN = rf"^[^\x00]*{NOT_BLANK_PATTERN}[^\x00]*$"
 MAX_IMAGE_PATH_CHARS = 4096
-#: Some character that is not white space (blank text counts as absent or is refused).
-NOT_BLANK = r"\S"
 #: An absolute http(s) URL without credentials (the fetcher refuses anything else).
-IMAGE_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$"
+IMAGE_URL_PATTERN = rf"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@{BLANK_CLASS}]+([/?#][^{BLANK_CLASS}]*)?$"
 MAX_IMAGE_URL_CHARS = 2048
 BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 MAX_HISTORY_OFFSET = 2**31 - 1
@@ -65,7 +64,7 @@ class ServiceLimits:
 
 
 def _text(limit: int, required: bool = False) -> dict[str, Any]:
-    return {"maxLength": limit, **({"pattern": NOT_BLANK} if required else {})}
+    return {"maxLength": limit, **({"pattern": NOT_BLANK_PATTERN} if required else {})}
 
 
 @dataclass(frozen=True)

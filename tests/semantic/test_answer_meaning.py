@@ -17,12 +17,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.semantic]
 #: JPEG and PNG only: /upload refuses WebP, as the document it serves did.
 IMAGES = [image for image in held_out(45, offset=20) if image.media_type != "image/webp"]
 #: The world's questions in Scene.questions order, each with the share of right answers it
-#: needs (None: the harder shape question, reported).
+#: needs (None: the harder shape question, reported). Yes/no rests on the shape too: 85%,
+#: well above chance (50%).
 KINDS = (
     ("what color is the <shape>?", 0.90),
     ("what shape is in the picture?", None),
     ("what color is the background?", 0.90),
-    ("is there a <shape>?", 0.90),
+    ("is there a <shape>?", 0.85),
 )
 
 

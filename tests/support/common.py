@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vlgraph.config import AppConfig
+from vlgraph.tiny.world import Scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,16 +46,23 @@ def noise_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def world_scene(index: int) -> Scene:
+    """The scene of :func:`world_image` ``index``: 24 different scenes, then again."""
+    import random
+
+    from vlgraph.tiny.world import HELD_OUT_SEED, all_scenes
+
+    return random.Random(HELD_OUT_SEED + 500).sample(all_scenes(), 24)[index % 24]
+
+
 def world_image(index: int, side: int = 96) -> Image.Image:
     """The ``index``-th of a fixed list of held-out world images, each a different scene (the
     offline models tell them apart, where noise images may all get one answer)."""
     import random
 
-    from vlgraph.tiny.world import HELD_OUT_SEED, all_scenes, draw
+    from vlgraph.tiny.world import HELD_OUT_SEED, draw
 
-    rng = random.Random(HELD_OUT_SEED + 500)
-    scenes = rng.sample(all_scenes(), 24)
-    return draw(scenes[index % 24], random.Random(HELD_OUT_SEED + 600 + index), side)
+    return draw(world_scene(index), random.Random(HELD_OUT_SEED + 600 + index), side)
 
 
 def jpeg_bytes(image: Image.Image) -> bytes:

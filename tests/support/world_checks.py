@@ -113,4 +113,5 @@ def share(flags: list[bool]) -> float:
 def record(what: str, figure: float, threshold: float | None = None, count: int = 0) -> None:
     """Keep a figure for the session summary."""
     bar = f" (needs >= {threshold:.0%})" if threshold is not None else " (reported)"
-    FIGURES.append(f"{what}: {figure:.1%} of {count}{bar}")
+    of = f" of {count}" if count else ""
+    FIGURES.append(f"{what}: {figure:.1%}{of}{bar}")

@@ -206,6 +206,22 @@ def ensure_checkpoint(
     return target
 
 
+def stale_checkpoints(
+    family: str, cache_dir: Path | str, size: CheckpointSize | str = CheckpointSize.TINY
+) -> list[Path]:
+    """Folders (and lock files) of ``family`` at ``size`` under ``cache_dir`` built from
+    older recipes: nothing loads them any more."""
+    current = checkpoint_folder(family, cache_dir, size)
+    prefix = f"{family}-{CheckpointSize(size).value}-"
+    names = {path: path.name.removeprefix(".") for path in current.parent.glob(f"*{prefix}*")}
+    # the current recipe's folder, lock and staging folders all start with its name
+    return sorted(
+        path
+        for path, name in names.items()
+        if name.startswith(prefix) and not name.startswith(current.name)
+    )
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     with open(lock_path, "a") as lock:
@@ -271,9 +287,20 @@ def main(argv: list[str] | None = None) -> None:
         "(where `serve run configs/offline.yaml` looks)",
     )
     parser.add_argument("--size", choices=[s.value for s in CheckpointSize], default="tiny")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="then delete these families' checkpoints built from older recipes",
+    )
     args = parser.parse_args(argv)
     cache_dir = resolve_checkpoint_cache_dir(args.cache_dir)
     started = time.monotonic()
     for family in args.families or families():
         print(ensure_checkpoint(family, cache_dir, args.size), flush=True)
+        for stale in stale_checkpoints(family, cache_dir, args.size) if args.prune else []:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            print(f"removed {stale}", file=sys.stderr)
     print(f"vlgraph-tiny: done in {time.monotonic() - started:.0f} s", file=sys.stderr)

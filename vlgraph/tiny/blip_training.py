@@ -21,7 +21,7 @@ TINY_BLIP_HIDDEN = 64
 #: Side of the tiny BLIP's input images (patch 8: 16 patches).
 TINY_BLIP_IMAGE_SIZE = 32
 CAPTIONER_STEPS = 2200
-ANSWERER_STEPS = 400
+ANSWERER_STEPS = 1200
 BATCH = 64
 #: Share of the captioner's training rows that are flag questions.
 FLAG_SHARE = 0.4

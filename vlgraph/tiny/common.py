@@ -168,7 +168,13 @@ def train_bpe(
     )
     backend.train_from_iterator(bpe_training_text(), trainer=trainer)
     model = json.loads(backend.to_str())["model"]
-    return dict(model["vocab"]), [tuple(pair) for pair in model["merges"]]
+    merges = [tuple(pair) for pair in model["merges"]]
+    # The trainer's merges are deterministic but the ids of its single characters follow a
+    # hash map's order; sorted ids make the checkpoint byte-identical from run to run.
+    produced = ["".join(pair) for pair in merges]
+    alphabet = sorted(set(model["vocab"]) - set(specials) - set(produced))
+    order = dict.fromkeys([*specials, *alphabet, *produced])
+    return {token: index for index, token in enumerate(order)}, merges
 
 
 def pad_vocabulary(vocabulary: dict[str, int], size: int, space: str) -> dict[str, int]:

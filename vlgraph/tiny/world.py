@@ -57,7 +57,7 @@ class Scene:
     @property
     def caption(self) -> str:
         """The English caption, e.g. ``a red circle on a white background``."""
-        return f"a {self.colour} {self.shape} on a {self.background} background"
+        return f"{_a(self.colour)} {self.shape} on a {self.background} background"
 
     def caption_in(self, language: str) -> str:
         """The caption in ``language`` (one of :data:`LANGUAGES`)."""
@@ -90,7 +90,12 @@ def random_scene(rng: random.Random) -> Scene:
 
 def collective_caption(scenes: list[Scene]) -> str:
     """The caption of a set of images: ``a red circle and a blue square``."""
-    return " and ".join(f"a {scene.colour} {scene.shape}" for scene in scenes)
+    return " and ".join(f"{_a(scene.colour)} {scene.shape}" for scene in scenes)
+
+
+def _a(word: str) -> str:
+    """``word`` after its indefinite article: ``a red``, ``an orange``."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def draw(scene: Scene, rng: random.Random, size: int = 64, jpeg: bool = True):

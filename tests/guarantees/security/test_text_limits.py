@@ -54,6 +54,8 @@ TEXT_CASES = [
             ("spaces", " " * (Q + 1), 422, "question_too_long", f"has {Q + 1} characters"),
             ("padded", " " + "q" * Q, 422, "question_too_long", f"the limit is {Q}"),
             ("blank", "   ", 422, "empty_question", "empty"),
+            # separators and BOM: blank to Python or to JSON Schema, so blank here
+            ("separators", "\x1d\x1f\u3000\ufeff", 422, "empty_question", "empty"),
             ("empty", "", 422, "empty_question", "empty"),
             # control: exactly the limit passes the check, and only the id is unknown
             ("at-limit", "q" * Q, 404, "unknown_image_id", "no stored image"),

@@ -25,6 +25,7 @@ from tests.support.common import (
 )
 from vlgraph.config import DiffusionConfig, IngressConfig, StoreConfig
 from vlgraph.served_models import ModelCatalog
+from vlgraph.text_inputs import NOT_BLANK_PATTERN
 
 ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
 
@@ -58,7 +59,10 @@ def test_the_live_description_states_the_profiles_limits(app: RunningApp) -> Non
         TEST_MAX_BATCH_IMAGES
     )
     question = body(spec, "/question")["properties"]["question"]
-    assert (question["maxLength"], question["pattern"]) == (TEST_MAX_QUESTION_CHARS, r"\S")
+    assert (question["maxLength"], question["pattern"]) == (
+        TEST_MAX_QUESTION_CHARS,
+        NOT_BLANK_PATTERN,
+    )
     text = body(spec, "/encode_text")["properties"]["text"]
     assert string_branch(text)["maxLength"] == TEST_MAX_TEXT_CHARS
     (array,) = [b for b in text["anyOf"] if b.get("type") == "array"]

@@ -16,6 +16,8 @@ from tests.support.common import (
     RunningApp,
     jpeg_bytes,
     noise_image,
+    world_image,
+    world_scene,
 )
 from vlgraph.tags import caption_tags
 
@@ -55,7 +57,7 @@ def test_default_model_is_blip_and_the_response_has_the_original_shape(app: Runn
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_captions_flags_and_batches_exactly(app: RunningApp, model: str) -> None:
-    images = [jpeg_bytes(noise_image(seed)) for seed in (20, 21, 22)]
+    images = [jpeg_bytes(world_image(index)) for index in (0, 1, 2)]
     params = {"model": model, "flag_caption_prompt": "Is there a dog in this picture?"}
     together = post(
         app,
@@ -94,13 +96,21 @@ def test_blip_caption_prompt_is_the_caption_prefix(app: RunningApp) -> None:
 
 @pytest.mark.parametrize("model", ["blip2", "gemma", "intern_vlm"])
 def test_vlm_caption_prompt_changes_the_instruction(app: RunningApp, model: str) -> None:
-    files = [upload("img.jpg", jpeg_bytes(noise_image(3)))]
+    """The caption prompt is the model's instruction: asked the world's yes/no question, the
+    offline model answers it instead of captioning."""
+    scene = world_scene(3)
+    files = [upload("img.jpg", jpeg_bytes(world_image(3)))]
     plain = post(app, "/api/caption-images", files, model=model).json()["results"][0]
+    assert plain["caption"] == scene.caption
     prompted = post(
-        app, "/api/caption-images", files, model=model, caption_prompt="What colour dominates?"
+        app,
+        "/api/caption-images",
+        files,
+        model=model,
+        caption_prompt=f"Is there a {scene.shape}? Answer yes or no.",
     )
     assert prompted.status_code == 200, prompted.text
-    assert prompted.json()["results"][0]["caption"] != plain["caption"]
+    assert prompted.json()["results"][0]["caption"] == "yes"
 
 
 @pytest.mark.parametrize("model", ["gemma", "intern_vlm"])

@@ -87,17 +87,30 @@ def test_fetch_check_command_exits_1_with_instructions(empty_hub_cache, tmp_path
     assert "model 'blip'" in result.stderr and "vlgraph-fetch" in result.stderr
 
 
-def test_fetch_check_accepts_the_offline_profile(tmp_path: Path) -> None:
-    result = subprocess.run(
+def run_check(cache_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "vlgraph.model_source", "--check", "configs/offline.yaml"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=REPO_ROOT,
-        env={**__import__("os").environ, "VLGRAPH_CACHE_DIR": str(tmp_path)},
+        env={**__import__("os").environ, "VLGRAPH_CACHE_DIR": str(cache_dir)},
     )
+
+
+def test_fetch_check_accepts_the_offline_profile(checkpoint_cache: Path) -> None:
+    result = run_check(checkpoint_cache)
     assert result.returncode == 0, result.stderr
     assert "blip: tiny:blip-caption available" in result.stdout
+
+
+def test_fetch_check_trains_nothing(tmp_path: Path) -> None:
+    """A check on an empty cache says what will be trained and writes nothing (training every
+    family takes minutes; a check must not)."""
+    result = run_check(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "blip: tiny:blip-caption not built yet: trained on first start" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pickled_weights_are_skipped_only_beside_safetensors() -> None:

@@ -164,3 +164,22 @@ def test_a_new_module_in_the_package_is_discovered(
     finally:
         sys.modules.pop("vlgraph.tiny.made_up", None)
         vars(vlgraph.tiny).pop("made_up", None)
+
+
+def test_prune_removes_only_older_recipes_of_the_named_family(tmp_path: Path) -> None:
+    from vlgraph.tiny import main
+
+    current = ensure_checkpoint("git", tmp_path)
+    older = [tmp_path / "git-tiny-000000000000", tmp_path / ".git-tiny-000000000000.lock"]
+    kept = [
+        tmp_path / "sdxl-tiny-000000000000",  # another family
+        tmp_path / "git-full-000000000000",  # another size
+        tmp_path / f".{current.name}.lock",
+        tmp_path / f".{current.name}.x1y2",  # a build in progress
+    ]
+    for path in [*older, *kept]:
+        path.mkdir() if not path.name.endswith(".lock") else path.touch()
+    main(["git", "--cache-dir", str(tmp_path), "--prune"])
+    assert not any(path.exists() for path in older)
+    assert all(path.exists() for path in [*kept, current])
+    assert is_built("git", tmp_path)
