@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from deployments.vlm_caption import VisionLanguageCaptioner
-from tests.support.common import jpeg_bytes, noise_image, world_image
+from tests.support.common import jpeg_bytes, noise_image, world_image, world_scene
 from vlgraph.config import VisionLanguageConfig
 from vlgraph.messages import CaptionRequest, FlagRequest
 from vlgraph.tiny import ensure_checkpoint
 from vlgraph.vlm_families import FAMILIES, VisionLanguageFamily
 
 INSTRUCTIONS = [None, "What is this?", "Describe the colours of this picture in detail."]
+#: The offline profile's instruction for a set of images.
+SET_INSTRUCTION = VisionLanguageConfig.model_fields["collection_instruction"].default
 
 
 @dataclass(frozen=True)
@@ -111,15 +113,20 @@ def test_first_answer_token_logits_do_not_depend_on_the_batch(loaded: Loaded) ->
 
 
 def test_several_images_in_one_prompt(loaded: Loaded) -> None:
-    two = [[noise_image(0), noise_image(1)]]
+    """Both images reach the model: asked about the set, it names the colour of each (a purple
+    circle and a blue star), where one image gets one colour."""
+    two = [[world_image(0), world_image(1)]]
     if not loaded.family.multi_image:
         with pytest.raises(ValueError, match="one image"):
             loaded.family.inputs(loaded.processor, two, [None])
         return
     inputs = loaded.family.inputs(loaded.processor, two, [None])
     assert inputs["pixel_values"].shape[0] == 2, "one tile per image"
-    one = [[noise_image(0)]]
-    assert loaded.generate(two, [None]) != loaded.generate(one, [None])
+    one = [[world_image(0)]]
+    [together] = loaded.generate(two, [SET_INSTRUCTION])
+    colours = [world_scene(index).colour for index in (0, 1)]
+    assert all(colour in together.split() for colour in colours), together
+    assert colours[1] not in loaded.generate(one, [SET_INSTRUCTION])[0].split()
     mixed = loaded.generate([*two, *one], ["What is this?", None])
     assert mixed == [*loaded.generate(two, ["What is this?"]), *loaded.generate(one, [None])]
 
