@@ -227,7 +227,7 @@ def build_stable_diffusion(folder: Path, size: CheckpointSize, needs: Mapping[st
 
 def _full_stable_diffusion() -> Any:
     """SD 1.5's architecture with random float16 weights and the full safety checker."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     size = CheckpointSize.FULL
@@ -239,13 +239,37 @@ def _full_stable_diffusion() -> Any:
         vae = _vae(size, scaling_factor=0.18215, full_sample_size=512)
     modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "checker": safety_checker}
     _finish(modules, size)
-    scheduler = PNDMScheduler(
+    return _pipeline(
+        _pndm_scheduler(), vae, text_encoder, tokenizer, unet, safety_checker, feature_extractor
+    )
+
+
+def _pndm_scheduler(**overrides: Any) -> Any:
+    """SD 1.5's PNDM scheduler (``overrides``: e.g. the prediction type)."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(
         num_train_timesteps=1000,
         **_BETAS,
         skip_prk_steps=True,
         set_alpha_to_one=False,
         steps_offset=1,
+        **overrides,
     )
+
+
+def _pipeline(
+    scheduler: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    unet: Any,
+    safety_checker: Any,
+    feature_extractor: Any,
+) -> Any:
+    """The SD 1.5 pipeline of these parts, safety checker required."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -303,12 +327,7 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
     """The tiny SD pipeline trained on the world, with ``clip_folder``'s text tower and
     tokenizer (frozen) and the tiny random safety checker."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
     from vlgraph.tiny.diffusion_training import (
@@ -346,14 +365,7 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
         cross_attention_dim=text_encoder.config.hidden_size,
         **_TINY_SD_UNET,
     )
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000,
-        **_BETAS,
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction",
-    )
+    scheduler = _pndm_scheduler(prediction_type="v_prediction")
     images, scene_rows = world_tensors(_POOL_SEED, _POOL_IMAGES, TINY_IMAGE_SIZE)
     train_autoencoder(
         vae,
@@ -382,15 +394,8 @@ def _tiny_stable_diffusion(clip_folder: Path) -> Any:
     safety_checker, feature_extractor = _tiny_safety_checker()
     safety_checker.eval()
     add_noise_to_zero_matrices(safety_checker)
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=safety_checker,
-        feature_extractor=feature_extractor,
-        requires_safety_checker=True,
+    return _pipeline(
+        scheduler, vae, text_encoder, tokenizer, unet, safety_checker, feature_extractor
     )
 
 
