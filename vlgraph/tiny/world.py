@@ -35,8 +35,6 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 
 LANGUAGES = ("en", "de", "fr", "es")
 #: Seeds from here up are never used for training: the tests' held-out images come from them.
 HELD_OUT_SEED = 1_000_000
-#: Sides the factory draws images at (the routes accept other sizes; models resize).
-DRAW_SIZES = (64, 128)
 
 QUESTION_TEMPLATES = (
     "what color is the {shape}?",
