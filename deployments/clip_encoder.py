@@ -85,10 +85,21 @@ class SentenceEncoder(ModelReplica):
             vectors = self._model.encode(
                 inputs, batch_size=len(inputs), convert_to_numpy=True, show_progress_bar=False
             )
+            tokens = self._token_counts(inputs)
         except Exception:
             logger.exception("%s failed on a batch of %d", self._name, len(inputs))
             return [EmbeddingResult(error=self.failure())] * len(inputs)
-        return [EmbeddingResult(embedding=tuple(v.astype(float).tolist())) for v in vectors]
+        return [
+            EmbeddingResult(embedding=tuple(vector.astype(float).tolist()), tokens=count)
+            for vector, count in zip(vectors, tokens, strict=True)
+        ]
+
+    def _token_counts(self, inputs: list[Any]) -> list[int | None]:
+        """Tokens the text encoder reads of each text (``None`` for images)."""
+        if self._modality == "image":
+            return [None] * len(inputs)
+        features = self._model.tokenize(inputs)
+        return [int(count) for count in features["attention_mask"].sum(dim=1).tolist()]
 
     def _prepared(self, item: bytes | str) -> Any:
         if self._modality == "image":

@@ -15,7 +15,11 @@ its own ``torch.Generator`` seeded with its request's seed: its latents, hence i
 only on its own seed and prompt.
 
 Streaming: :meth:`DiffusionGenerator.generate_stream` reports each denoising step and then the
-image. A consumer that goes away stops the pipeline at the next step, freeing the model thread.
+image. A request may ask for partial images too: at evenly spaced steps before the last, the
+current latents are decoded by the VAE (as the pipeline decodes the final ones, through the
+safety checker where one runs) and sent as PNGs; decoding leaves the latents, hence the final
+image, unchanged. A consumer that goes away stops the pipeline at the next step, freeing the
+model thread.
 
 Deadlines: a caller gives up ``request_timeout_s`` after sending a request (the ingress answers
 503 ``model_timeout``). A batch group whose callers have all given up is skipped, or stopped at
@@ -128,9 +132,10 @@ class DiffusionGenerator(ModelReplica):
         return self.run_now(GenerationResult, self._generate_in_groups, requests)
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Generate one image, yielding a ``step`` event after each denoising step and then an
-        ``image`` event (or one ``error`` event). Closing or cancelling the iterator stops the
-        pipeline at its next step."""
+        """Generate one image, yielding a ``step`` event after each denoising step (followed by
+        a ``partial_image`` event at the steps :func:`partial_image_steps` picks for
+        ``request.partial_images``) and then an ``image`` event (or one ``error`` event).
+        Closing or cancelling the iterator stops the pipeline at its next step."""
         refusal = self._refusal(request)
         if refusal is not None:
             yield GenerationEvent(kind="error", result=GenerationResult(error=refusal))
@@ -176,19 +181,34 @@ class DiffusionGenerator(ModelReplica):
             if cancelled.is_set():
                 raise GenerationCancelled
             total = request.steps
+            partial_steps = partial_image_steps(total, request.partial_images)
             reported = 0
+            partials_sent = 0
 
             def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict) -> dict:
-                nonlocal reported
+                nonlocal reported, partials_sent
                 if cancelled.is_set():
                     raise GenerationCancelled
                 # Some schedulers run more iterations than steps (PNDM: one more): spread the
                 # pipeline's iterations over the requested steps, never reporting ahead.
                 iterations = getattr(pipe, "num_timesteps", None) or total
                 step = min(total, (index + 1) * total // iterations)
-                if step > reported:
-                    reported = step
-                    publish(GenerationEvent(kind="step", step=step, total_steps=total))
+                if step <= reported:
+                    return {}
+                passed = partial_steps.intersection(range(reported + 1, step + 1))
+                reported = step
+                publish(GenerationEvent(kind="step", step=step, total_steps=total))
+                if passed:
+                    publish(
+                        GenerationEvent(
+                            kind="partial_image",
+                            step=step,
+                            total_steps=total,
+                            partial_image_index=partials_sent,
+                            image_png=_png(self._decoded(pipe, tensors["latents"])),
+                        )
+                    )
+                    partials_sent += 1
                 return {}
 
             return self._run([request], on_step_end)[0]
@@ -279,6 +299,40 @@ class DiffusionGenerator(ModelReplica):
             for position, (image, request) in enumerate(zip(output.images, requests, strict=True))
         ]
 
+    def _decoded(self, pipe: Any, latents: Any) -> Any:
+        """The image ``latents`` (one row) stand for, decoded as the pipeline decodes its final
+        latents: unscaled (denormalized where the VAE keeps latent statistics, as SDXL's
+        may), in float32 where a float16 VAE needs it, through the safety checker where one
+        runs (a flagged image comes out black). ``latents`` are left as they are."""
+        torch = self._torch
+        vae = pipe.vae
+        config = vae.config
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
+            latents = latents * std / config.scaling_factor + mean
+        else:
+            latents = latents / config.scaling_factor
+        upcast = vae.dtype == torch.float16 and getattr(config, "force_upcast", False)
+        if upcast:  # SDXL's VAE overflows in float16; the pipeline upcasts it the same way
+            vae.to(dtype=torch.float32)
+        try:
+            with torch.no_grad():  # as inside the pipeline, whose step callback calls this
+                image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+                flagged = None
+                if getattr(pipe, "safety_checker", None) is not None:
+                    image, flagged = pipe.run_safety_checker(image, image.device, latents.dtype)
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
+        denormalize = None if flagged is None else [not flag for flag in flagged]
+        return pipe.image_processor.postprocess(
+            image, output_type="pil", do_denormalize=denormalize
+        )[0]
+
     def _refusal(self, request: GenerationRequest) -> ItemError | None:
         """The bounds the ingress enforces, checked again: a 422 instead of a runaway job."""
         problems = generation_problems(request, self._config)
@@ -293,6 +347,14 @@ class DiffusionGenerator(ModelReplica):
             "timeout; retry later",
             code="model_timeout",
         ).as_item_error()
+
+
+def partial_image_steps(steps: int, count: int) -> set[int]:
+    """The steps (1 to ``steps``) after which a stream asking for ``count`` partial images
+    sends one: evenly spaced, before the last step (the final image follows it at once), so
+    fewer than ``count`` when there are too few steps."""
+    spaced = {max(1, (index + 1) * steps // (count + 1)) for index in range(count)}
+    return {step for step in spaced if step < steps}
 
 
 def _png(image: Any) -> bytes:

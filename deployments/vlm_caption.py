@@ -3,8 +3,10 @@
 One class serves every instruction-following family through its adapter in
 :mod:`vlgraph.vlm_families`. Each replica captions (``caption``), answers yes/no flag questions
 (``flag``) and, for families that read several images in one prompt, captions a set
-(``caption_collection``). Single-image calls are batched with ``@serve.batch`` and grouped by
-prompt, so a batched answer equals the single answer. The replica skeleton
+(``caption_collection``), and continues conversations about images (``chat``, and
+``chat_stream`` token by token: :mod:`deployments.chat_replies`). Single-image calls are
+batched with ``@serve.batch`` and grouped by prompt, so a batched answer equals the single
+answer. The replica skeleton
 (:mod:`deployments.replica`) owns the model thread, loading, batching and per-item errors; a
 prompt longer than the model's context (image tokens and the tokens to generate included) gets
 a 422 ``prompt_too_long_for_model`` before the model is called.
@@ -16,13 +18,23 @@ from typing import Any
 
 from ray import serve
 
+from deployments.chat_replies import (
+    ChatCall,
+    ChatEntryPoints,
+    ReplyRows,
+    group_calls,
+    sampling_key,
+    sampling_kwargs,
+)
 from deployments.replica import CaptionEntryPoints, FlagEntryPoints, ModelReplica
 from vlgraph.config import VisionLanguageConfig
-from vlgraph.errors import BadRequestError
+from vlgraph.errors import BadRequestError, ItemError, ServiceError
 from vlgraph.flags import yes_beats_no
+from vlgraph.images import decode_image
 from vlgraph.messages import (
     CaptionRequest,
     CaptionResult,
+    ChatResult,
     CollectionCaptionRequest,
     FlagRequest,
     FlagResult,
@@ -32,10 +44,10 @@ from vlgraph.vlm_families import FAMILIES
 _FLAG_SUFFIX = " Answer yes or no."
 
 
-class VisionLanguageCaptioner(CaptionEntryPoints, FlagEntryPoints, ModelReplica):
-    """Captions, flags and (multi-image families) collective captions with one VLM."""
+class VisionLanguageCaptioner(CaptionEntryPoints, FlagEntryPoints, ChatEntryPoints, ModelReplica):
+    """Captions, flags, (multi-image families) collective captions and chat with one VLM."""
 
-    batched_methods = ("_caption_batch", "_flag_batch")
+    batched_methods = ("_caption_batch", "_flag_batch", "_chat_batch")
 
     def __init__(self, config: VisionLanguageConfig, checkpoint_cache_dir: str, name: str):
         self._family = FAMILIES[config.family]
@@ -48,6 +60,8 @@ class VisionLanguageCaptioner(CaptionEntryPoints, FlagEntryPoints, ModelReplica)
         self._generate_kwargs = self._config.generation.generate_kwargs()
         self._yes_ids, self._no_ids = self._family.answer_token_ids(self._processor)
         self.set_context_length(self._model, self._processor.tokenizer)
+        eos = self._model.generation_config.eos_token_id
+        self._end_of_turn = set(eos if isinstance(eos, list) else [eos])
 
     def warm_up(self) -> None:
         """Caption one blank image with the default instruction."""
@@ -117,6 +131,82 @@ class VisionLanguageCaptioner(CaptionEntryPoints, FlagEntryPoints, ModelReplica)
         with self._torch.inference_mode():
             output = self._model.generate(**inputs, **self._generate_kwargs)
         return self._family.decode(self._processor, output, inputs)
+
+    def chat_rows(self, calls: list[ChatCall]) -> list[ChatResult]:
+        """Replies to conversations: one ``generate`` per group of calls that may share one
+        (with images or without, and the same sampling settings)."""
+        results: list[ChatResult] = [ChatResult()] * len(calls)
+        for group in group_calls(
+            calls, lambda call: (bool(call.request.images), sampling_key(call))
+        ):
+            replies = self._replies([calls[index] for index in group])
+            for index, result in zip(group, replies, strict=True):
+                results[index] = result
+        return results
+
+    def _replies(self, calls: list[ChatCall]) -> list[ChatResult]:
+        """Replies to calls that share one ``generate``; a call whose image does not decode
+        fails alone."""
+        decoded: list[list[Any] | ItemError] = []
+        for call in calls:
+            try:
+                decoded.append([decode_image(image) for image in call.request.images])
+            except ServiceError as error:
+                decoded.append(error.as_item_error())
+        kept = [index for index, images in enumerate(decoded) if not isinstance(images, ItemError)]
+        replies = (
+            self._generate_replies(
+                [calls[index] for index in kept],
+                [(calls[index].request.turns, decoded[index]) for index in kept],
+            )
+            if kept
+            else []
+        )
+        results = [
+            ChatResult(error=images) if isinstance(images, ItemError) else None
+            for images in decoded
+        ]
+        for index, reply in zip(kept, replies, strict=True):
+            results[index] = reply
+        return results  # type: ignore[return-value]
+
+    def _generate_replies(
+        self, calls: list[ChatCall], conversations: list[Any]
+    ) -> list[ChatResult]:
+        inputs = self._family.chat_inputs(self._processor, conversations).to(self._device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
+        prompt_tokens = self._family.prompt_tokens(inputs)
+        default = self._generate_kwargs["max_new_tokens"]
+        limits = [call.request.max_tokens or default for call in calls]
+        refusals = [
+            self.context_refusals([tokens], limit, what="the conversation")[0]
+            for tokens, limit in zip(prompt_tokens, limits, strict=True)
+        ]
+        if any(refusals):
+            fitting = self.fitting_rows(refusals, self._generate_replies, calls, conversations)
+            return [
+                row if isinstance(row, ChatResult) else ChatResult(error=row) for row in fitting
+            ]
+        tokenizer = self._processor.tokenizer
+        rows = ReplyRows(
+            calls,
+            limits,
+            self._end_of_turn,
+            lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True),
+        )
+        request = calls[0].request
+        if request.seed is not None:
+            self._torch.manual_seed(request.seed)
+        with self._torch.inference_mode():
+            self._model.generate(
+                **inputs,
+                max_new_tokens=max(limits),
+                repetition_penalty=self._generate_kwargs["repetition_penalty"],
+                stopping_criteria=rows.criteria(),
+                **sampling_kwargs(request),
+            )
+        return rows.results(prompt_tokens)
 
     def _score_yes_no(self, images: list[list[Any]], instructions: list[str | None]) -> list[Any]:
         inputs = self._model_inputs(images, instructions)

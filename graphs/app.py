@@ -18,11 +18,10 @@ from graphs.registry import catalog, served_entries
 from graphs.similar_image import bind_similar_image
 from vlgraph.config import AppConfig, DiffusionConfig
 from vlgraph.model_source import check_model_available
+from vlgraph.served_models import PIPELINE_GENERATORS
 
 #: Model settings that never change an answer (batches are exact), left out of cache keys.
 RESULT_NEUTRAL_FIELDS = {"deployment", "batching", "torch_threads", "tune_cpu_allocator"}
-#: The generators the caption -> generation pipeline chains into, by preference.
-PIPELINE_GENERATORS = ("sdxl", "sd")
 
 
 def build_app(args: AppConfig) -> Application:

@@ -27,6 +27,7 @@ from vlgraph.served_models import Capability, ModelCatalog, ServedModel
 from vlgraph.tiny import trained_on_world
 
 CAPTION, FLAG, COLLECTIVE = Capability.CAPTION, Capability.FLAG, Capability.COLLECTIVE
+CHAT = Capability.CHAT
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,14 @@ def _entry(name, label, section, deployment, deployment_name, *capabilities, ext
 REGISTRY: tuple[ModelEntry, ...] = (
     _entry("blip", "BLIP", "models.blip", BlipCaptionDeployment, "blip_caption", CAPTION, FLAG),
     _entry(
-        "blip2", "BLIP-2", "models.blip2", VisionLanguageDeployment, "blip2_caption", CAPTION, FLAG
+        "blip2",
+        "BLIP-2",
+        "models.blip2",
+        VisionLanguageDeployment,
+        "blip2_caption",
+        CAPTION,
+        FLAG,
+        CHAT,
     ),
     _entry(
         "gemma",
@@ -91,6 +99,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         CAPTION,
         FLAG,
         COLLECTIVE,
+        CHAT,
     ),
     _entry(
         "intern_vlm",
@@ -101,6 +110,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         CAPTION,
         FLAG,
         COLLECTIVE,
+        CHAT,
     ),
     _entry("git", "GIT", "models.git", GitCaptionDeployment, "git_caption", CAPTION),
     _entry("vqa", "BLIP VQA", "vqa", BlipVqaDeployment, "blip_vqa", Capability.ANSWER),

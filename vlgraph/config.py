@@ -407,6 +407,13 @@ class IngressConfig(StrictModel):
     max_text_chars: int = Field(
         2000, ge=1, le=100_000, description="Longest text for POST /encode_text (422 past it)."
     )
+    max_chat_chars: int = Field(
+        32_000,
+        ge=1,
+        le=1_000_000,
+        description="Most characters of text in one /v1/chat/completions conversation (422 "
+        "past it); the model's own context is checked too.",
+    )
     max_encode_items: int = Field(
         64, ge=1, le=1024, description="Most texts or images in one encode request (413 past it)."
     )

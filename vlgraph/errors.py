@@ -26,13 +26,25 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+    #: The request field the error is about (OpenAI's ``param``), when one is.
+    param: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if status is not None:
             self.status = status
+        if param is not None:
+            self.param = param
 
     def as_item_error(self) -> ItemError:
         """The same error as a per-item result."""
@@ -114,8 +126,9 @@ class ServiceUnavailableError(ServiceError):
         code: str | None = None,
         status: int | None = None,
         retry_after_s: float | None = None,
+        param: str | None = None,
     ):
-        super().__init__(message, code=code, status=status)
+        super().__init__(message, code=code, status=status, param=param)
         # HTTP's Retry-After is whole seconds.
         self.retry_after_s = max(1, math.ceil(retry_after_s or self.DEFAULT_RETRY_AFTER_S))
 

@@ -31,6 +31,10 @@ from vlgraph.text_inputs import checked_text
 #: for the request and for the generator alike.
 MAX_SEED = 2**63 - 1
 
+#: Most intermediate images a streamed generation sends (OpenAI's ``partial_images`` bound);
+#: each costs one VAE decode.
+MAX_PARTIAL_IMAGES = 3
+
 
 def _whole_number(value: object) -> object:
     # JSON Schema counts 64.0 as an integer; strict validation of a JSON body would not.
@@ -132,6 +136,10 @@ def generation_problems(request: GenerationRequest, config: DiffusionConfig) -> 
         )
     if not 0 <= request.seed <= MAX_SEED:
         problems.append(f"seed {request.seed} is outside 0 to {MAX_SEED}")
+    if not 0 <= request.partial_images <= MAX_PARTIAL_IMAGES:
+        problems.append(
+            f"partial_images {request.partial_images} is outside 0 to {MAX_PARTIAL_IMAGES}"
+        )
     return problems
 
 

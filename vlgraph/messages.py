@@ -77,18 +77,22 @@ class EncodeRequest:
 
 @dataclass(frozen=True)
 class EmbeddingResult:
-    """The raw (not normalized) embedding, or the error that kept this input from one."""
+    """The raw (not normalized) embedding and, for a text, how many tokens the encoder read;
+    or the error that kept this input from one."""
 
     embedding: tuple[float, ...] | None = None
     error: ItemError | None = None
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One image to generate, every setting resolved by the caller.
 
-    ``negative_prompt`` is the only optional field: ``None`` is the pipeline's own default
-    (``""`` for Stable Diffusion, zero embeddings for SDXL).
+    ``negative_prompt`` is the only optional setting of the image: ``None`` is the pipeline's
+    own default (``""`` for Stable Diffusion, zero embeddings for SDXL). ``partial_images``
+    asks a stream for that many intermediate images (``partial_image`` events); it never
+    changes the final image, and plain generation ignores it.
     """
 
     prompt: str
@@ -98,6 +102,7 @@ class GenerationRequest:
     steps: int
     guidance_scale: float
     seed: int
+    partial_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,12 +122,16 @@ class GenerationResult:
 @dataclass(frozen=True)
 class GenerationEvent:
     """One event of a streamed generation: a finished denoising ``step`` (1 to
-    ``total_steps``), then the ``image``, or an ``error``, each carrying the final result."""
+    ``total_steps``), after some steps a ``partial_image`` (the PNG the latents of that step
+    decode to, numbered from 0 by ``partial_image_index``), then the ``image`` or an
+    ``error``, each of those two carrying the final result."""
 
-    kind: Literal["step", "image", "error"]
+    kind: Literal["step", "partial_image", "image", "error"]
     step: int | None = None
     total_steps: int | None = None
     result: GenerationResult | None = None
+    partial_image_index: int | None = None
+    image_png: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -131,3 +140,67 @@ class SimilarImageRequest:
 
     image: bytes
     generation: GenerationRequest
+
+
+@dataclass(frozen=True)
+class ChatPart:
+    """One part of a chat message's content: a ``text``, or the next ``image`` of the
+    conversation (its bytes are in :attr:`ChatRequest.images`, in order of appearance)."""
+
+    kind: Literal["text", "image"]
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One message of a conversation."""
+
+    role: Literal["system", "user", "assistant"]
+    parts: tuple[ChatPart, ...]
+
+    @property
+    def text(self) -> str:
+        """The message's text parts, joined by a space."""
+        return " ".join(part.text for part in self.parts if part.kind == "text")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A conversation to continue, with its images and sampling settings.
+
+    ``max_tokens`` ``None`` is the model's configured default; ``temperature`` ``None`` or 0
+    decodes greedily; a ``seed`` makes sampling repeatable (the request then runs alone).
+    Generation ends at ``max_tokens``, the end of the model's turn, or the first of ``stop``.
+    """
+
+    turns: tuple[ChatTurn, ...]
+    images: tuple[bytes, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The reply (``finish_reason``: ``stop`` at the end of the turn or a stop string,
+    ``length`` at ``max_tokens``) and its token counts, or the error that kept it from one."""
+
+    text: str | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """One event of a streamed reply: new ``text``, then a last event carrying the
+    :class:`ChatResult` (its ``finish_reason`` and counts, or its error)."""
+
+    text: str = ""
+    result: ChatResult | None = None

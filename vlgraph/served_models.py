@@ -20,6 +20,38 @@ class Capability(enum.StrEnum):
     EMBED_IMAGE = "embed_image"
     EMBED_TEXT = "embed_text"
     GENERATE = "generate"
+    CHAT = "chat"
+
+
+#: The generators the caption -> diffusion pipeline chains into, in order of preference: it
+#: uses the first one the profile serves.
+PIPELINE_GENERATORS = ("sdxl", "sd")
+
+
+class ChatMode(enum.StrEnum):
+    """What ``POST /v1/chat/completions`` accepts for a model, from what it can do."""
+
+    #: Several messages and images, system messages, text alone (Gemma 3, InternVL).
+    CONVERSATION = "conversation"
+    #: Several messages about exactly one image (BLIP-2).
+    ONE_IMAGE = "one_image"
+    #: One user message: one image and one question (BLIP VQA).
+    QUESTION = "question"
+    #: One user message: one image, and optional text the caption starts with (captioners).
+    CAPTION = "caption"
+
+
+def chat_mode(capabilities: frozenset[Capability]) -> ChatMode | None:
+    """How a model with ``capabilities`` chats, or None when it does not."""
+    if Capability.CHAT in capabilities:
+        return (
+            ChatMode.CONVERSATION if Capability.COLLECTIVE in capabilities else ChatMode.ONE_IMAGE
+        )
+    if Capability.ANSWER in capabilities:
+        return ChatMode.QUESTION
+    if Capability.CAPTION in capabilities:
+        return ChatMode.CAPTION
+    return None
 
 
 @dataclass(frozen=True)

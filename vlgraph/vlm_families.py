@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from PIL import Image
     from transformers import BatchFeature
 
+    from vlgraph.messages import ChatTurn
+
+#: A conversation as a family reads it: its messages and its images in order of appearance.
+Conversation = tuple[tuple["ChatTurn", ...], list["Image.Image"]]
+
 #: The instruction of an item that has none, for the chat families (plain captioning).
 DEFAULT_INSTRUCTION = "Describe this image."
 
@@ -81,6 +86,19 @@ class VisionLanguageFamily:
         processor.tokenizer.padding_side = "left"
         return self._inputs(processor, images, instructions)
 
+    def chat_inputs(self, processor: Any, conversations: list[Conversation]) -> BatchFeature:
+        """One left-padded batch of conversations, each prompt ending where the model's reply
+        starts. Every conversation shows at least one image, or none does."""
+        if not conversations:
+            raise ValueError("an empty batch")
+        counts = [len(images) for _, images in conversations]
+        if any(counts) and not all(counts):
+            raise ValueError("a batch mixes conversations with and without images")
+        if not self.multi_image and any(count > 1 for count in counts):
+            raise ValueError(f"{self.name} takes one image per conversation")
+        processor.tokenizer.padding_side = "left"
+        return self._chat_inputs(processor, conversations)
+
     def decode(self, processor: Any, output_ids: torch.Tensor, inputs: BatchFeature) -> list[str]:
         """Only the newly generated text of each row, special tokens skipped, stripped."""
         output_ids = output_ids.cpu()
@@ -128,6 +146,9 @@ class VisionLanguageFamily:
     ) -> BatchFeature:
         raise NotImplementedError
 
+    def _chat_inputs(self, processor: Any, conversations: list[Conversation]) -> BatchFeature:
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class _Blip2Family(VisionLanguageFamily):
@@ -147,6 +168,31 @@ class _Blip2Family(VisionLanguageFamily):
             padding=True,
             return_tensors="pt",
         )
+
+    def _chat_inputs(self, processor: Any, conversations: list[Conversation]) -> BatchFeature:
+        if not all(images for _, images in conversations):
+            raise ValueError("BLIP-2 answers about an image: every conversation needs one")
+        return processor(
+            images=[images[0] for _, images in conversations],
+            text=[_blip2_dialogue(turns) for turns, _ in conversations],
+            padding=True,
+            return_tensors="pt",
+        )
+
+
+def _blip2_dialogue(turns: tuple[ChatTurn, ...]) -> str:
+    """BLIP-2's own format for a dialogue: ``Question: ... Answer: ...`` turns, the system
+    message first, ending with ``Answer:``; one user message without text is a plain caption."""
+    if len(turns) == 1 and turns[0].role == "user" and not turns[0].text.strip():
+        return ""
+    lines = []
+    for turn in turns:
+        text = turn.text.strip()
+        if turn.role == "user":
+            lines.append(f"Question: {text} Answer:")
+        elif text:
+            lines.append(text)
+    return " ".join(lines)
 
 
 @dataclass(frozen=True)
@@ -177,6 +223,33 @@ class _ChatFamily(VisionLanguageFamily):
             add_special_tokens=False,
             return_tensors="pt",
         )
+
+    def _chat_inputs(self, processor: Any, conversations: list[Conversation]) -> BatchFeature:
+        texts = [
+            processor.apply_chat_template(
+                [_template_message(turn) for turn in turns],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for turns, _ in conversations
+        ]
+        images = [list(images) for _, images in conversations]
+        return processor(
+            images=images if any(images) else None,
+            text=texts,
+            padding=True,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+
+
+def _template_message(turn: ChatTurn) -> dict[str, Any]:
+    """A message as chat templates read it: typed parts, an image part where each image is."""
+    content = [
+        {"type": "image"} if part.kind == "image" else {"type": "text", "text": part.text}
+        for part in turn.parts
+    ]
+    return {"role": turn.role, "content": content}
 
 
 @dataclass(frozen=True)

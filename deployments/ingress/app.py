@@ -21,6 +21,7 @@ from deployments.ingress.routes import (
     embeddings,
     generation,
     health,
+    openai,
     questions,
     web,
 )
@@ -58,7 +59,7 @@ def create_api(context: IngressContext, guards: GuardSettings) -> FastAPI:
     install_error_handlers(api)
     api.add_middleware(SecurityHeaders)
     api.add_middleware(RequestCounter)
-    for area in (health, captions, questions, embeddings, generation, admin):
+    for area in (health, captions, questions, embeddings, generation, admin, openai):
         api.include_router(area.router(context))
     web.mount_static(api)
     return api

@@ -5,7 +5,12 @@ Every error body has the same shape::
     {"error": {"code": "...", "message": "...", "request_id": "..."}, "detail": "..."}
 
 ``detail`` repeats the message (or lists validation problems) for clients written against
-plain FastAPI. 500 bodies never carry internals: the traceback goes to the replica log under
+plain FastAPI. Under ``/v1`` (the OpenAI-compatible API) the body is OpenAI's instead, with the
+same status and code::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "...",
+               "code": "...", "request_id": "..."}}
+ 500 bodies never carry internals: the traceback goes to the replica log under
 the request id that the response also carries (Serve's ``X-Request-ID`` header).
 """
 
@@ -83,11 +88,52 @@ def body_too_large(limit: int) -> str:
     return f"the request body is over the {limit}-byte limit (ingress.max_body_bytes)"
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries for the error statuses a route may answer."""
+class OpenAIErrorDetail(BaseModel):
+    """OpenAI's error object (``openai.APIError``'s ``body``), plus the request id."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+    request_id: str
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Body of every error response under ``/v1``."""
+
+    error: OpenAIErrorDetail
+
+
+#: The ``/v1`` prefix: errors there take OpenAI's shape.
+OPENAI_PREFIX = "/v1"
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def speaks_openai(path: str) -> bool:
+    """Whether ``path`` is under ``/v1`` (answers errors in OpenAI's shape)."""
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route may answer (in
+    OpenAI's shape for the ``/v1`` routes)."""
+    body = OpenAIErrorResponse if openai else ErrorResponse
     return {
-        status: {"model": ErrorResponse, "description": ERROR_STATUS_TEXT[status]}
-        for status in statuses
+        status: {"model": body, "description": ERROR_STATUS_TEXT[status]} for status in statuses
     }
 
 
@@ -106,12 +152,24 @@ def error_response(
     message: str,
     detail: Any = None,
     headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    """Build the standard error body."""
-    body = {
-        "error": {"code": code, "message": message, "request_id": request_id_of(request)},
-        "detail": message if detail is None else detail,
-    }
+    """Build the standard error body (OpenAI's under ``/v1``)."""
+    request_id = request_id_of(request)
+    if speaks_openai(request.url.path):
+        error = {
+            "message": message,
+            "type": openai_error_type(status),
+            "param": param,
+            "code": code,
+            "request_id": request_id,
+        }
+        body: dict[str, Any] = {"error": error}
+    else:
+        body = {
+            "error": {"code": code, "message": message, "request_id": request_id},
+            "detail": message if detail is None else detail,
+        }
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
 
@@ -120,7 +178,9 @@ def service_error_response(request: Request, error: ServiceError) -> JSONRespons
     headers = None
     if isinstance(error, ServiceUnavailableError):
         headers = {"Retry-After": str(error.retry_after_s)}
-    return error_response(request, error.status, error.code, error.message, headers=headers)
+    return error_response(
+        request, error.status, error.code, error.message, headers=headers, param=error.param
+    )
 
 
 def _validation_summary(errors: list[dict[str, Any]]) -> str:
@@ -129,6 +189,15 @@ def _validation_summary(errors: list[dict[str, Any]]) -> str:
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
+
+
+def _first_field(errors: list[dict[str, Any]]) -> str | None:
+    """The dotted path of the first invalid field (OpenAI's ``param``)."""
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+        if location:
+            return ".".join(location)
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -143,7 +212,12 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = error.errors()
         detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
         return error_response(
-            request, 422, "invalid_request", _validation_summary(errors), detail=detail
+            request,
+            422,
+            "invalid_request",
+            _validation_summary(errors),
+            detail=detail,
+            param=_first_field(errors),
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
 
-from deployments.ingress.errors import ERROR_STATUS_TEXT
+from deployments.ingress.errors import ERROR_STATUS_TEXT, speaks_openai
 from vlgraph.config import DiffusionConfig, IngressConfig
 from vlgraph.generation_params import MAX_SEED, MIN_SIZE, SIZE_MULTIPLE
 from vlgraph.image_store import IMAGE_ID_PATTERN
@@ -40,6 +40,8 @@ BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 MAX_HISTORY_OFFSET = 2**31 - 1
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+#: The error body under /v1 (OpenAI's shape).
+OPENAI_ERROR_SCHEMA = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,9 @@ FIELD_LIMITS: dict[str, FieldLimits] = {
 
 #: The OpenAPI extension by which a route says what its ``model`` picks (a capability).
 MODEL_CAPABILITY = "x-model-capability"
+#: The extension by which a route lists the served models its ``model`` picks, where no one
+#: capability says it (the /v1 routes).
+MODEL_NAMES = "x-model-names"
 
 #: Image types each single-file upload route takes, by route and multipart field. (The
 #: encoding object names a part's type; for a list of files the field's description does.)
@@ -167,6 +172,7 @@ UPLOAD_FIELDS = {
     "/upload": ("image", "upload_formats"),
     "/api/similar-image": ("image", "allowed_formats"),
     "/api/similar-image/stream": ("image", "allowed_formats"),
+    "/v1/images/variations": ("image", "allowed_formats"),
 }
 FILE_PART = {"contentMediaType": "application/octet-stream"}
 
@@ -196,6 +202,7 @@ def service_openapi(
         operation_ids[(path, method)] = operation.get("operationId")
         capability = operation.pop(MODEL_CAPABILITY, None)
         served = limits.catalog.names(Capability(capability)) if capability else ()
+        served = tuple(operation.pop(MODEL_NAMES, served))
         for parameter in operation.get("parameters", []):
             # FastAPI's "no example" placeholder loses its identity when Serve copies the app
             # and comes out as {}: not an example of any parameter.
@@ -218,7 +225,9 @@ def service_openapi(
                     for name in getattr(limits.ingress, formats)
                 )
                 content.setdefault("encoding", {})[field] = {"contentType": types}
-        _describe_errors(operation, limits)
+        _describe_errors(
+            operation, limits, OPENAI_ERROR_SCHEMA if speaks_openai(path) else ERROR_SCHEMA
+        )
     _link_image_ids(document, operation_ids)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
@@ -280,10 +289,13 @@ def _limit_models(schema: dict[str, Any], served: tuple[str, ...]) -> None:
         schema.pop("default")
 
 
-def _describe_errors(operation: dict[str, Any], limits: ServiceLimits) -> None:
-    """Every error this operation can answer, each with the one error body: its own, the
-    request guards' (408, 413) and validation's (422) when it takes input, and the error
-    mapper's (500, overload and deadlines 503, or 429 where a queue is set to)."""
+def _describe_errors(
+    operation: dict[str, Any], limits: ServiceLimits, error_schema: dict[str, Any]
+) -> None:
+    """Every error this operation can answer, each with the one error body (OpenAI's under
+    /v1): its own, the request guards' (408, 413) and validation's (422) when it takes input,
+    and the error mapper's (500, overload and deadlines 503, or 429 where a queue is set
+    to)."""
     responses = operation.setdefault("responses", {})
     statuses = {500, 503, *limits.overload_statuses}
     takes_body = "requestBody" in operation
@@ -297,9 +309,9 @@ def _describe_errors(operation: dict[str, Any], limits: ServiceLimits) -> None:
         content = answer.setdefault("content", {})
         own = content.get("application/json", {}).get("schema")
         if own is None or status == 422:  # FastAPI's own 422 body is not the one we send
-            content["application/json"] = {"schema": copy.deepcopy(ERROR_SCHEMA)}
-        elif own != ERROR_SCHEMA:  # the route's own answer, or the guards' and mapper's
-            content["application/json"] = {"schema": {"anyOf": [own, copy.deepcopy(ERROR_SCHEMA)]}}
+            content["application/json"] = {"schema": copy.deepcopy(error_schema)}
+        elif own != error_schema:  # the route's own answer, or the guards' and mapper's
+            content["application/json"] = {"schema": {"anyOf": [own, copy.deepcopy(error_schema)]}}
         if status in limits.overload_statuses:
             answer.setdefault("headers", {})["Retry-After"] = {
                 "description": "Seconds to wait before retrying.",

@@ -71,6 +71,79 @@ def test_every_benchmark_path_runs_on_tiny_checkpoints(
         assert f"== {name}" in finished.stdout
 
 
+@pytest.mark.cli
+def test_the_openai_embeddings_benchmark_runs_on_tiny_checkpoints(
+    checkpoint_cache: Path, tmp_path: Path
+) -> None:
+    """``python bench/bench_openai_embeddings.py --smoke``: vlgraph's ``/v1/embeddings`` and
+    ``/encode_image`` answer every timed image request on the tiny CLIP checkpoints, with
+    the same vector, and the run writes its JSON report (the infinity peer too where its
+    environment is installed). A ``cli`` test: its own local Ray, after the session's is
+    released. About 45 s on a quiet 2-core machine (one Ray start, 10 tiny requests a
+    route), 15 s more with the peer."""
+    release_ray()
+    command = [
+        sys.executable,
+        "bench/bench_openai_embeddings.py",
+        "--smoke",
+        "--cache-dir",
+        str(checkpoint_cache),
+        "--output-dir",
+        str(tmp_path),
+    ]
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads((tmp_path / "openai_embeddings.json").read_text())
+    assert report["command"].startswith("python bench/bench_openai_embeddings.py --smoke")
+    levels = report["levels"]
+    for route in (
+        "vlgraph /v1/embeddings",
+        "vlgraph /encode_image",
+        *(["infinity /embeddings"] if levels["infinity /embeddings"] else []),
+    ):
+        assert [level["concurrency"] for level in levels[route]] == [1, 4], route
+        assert all(level["errors"] == 0 and level["items"] > 0 for level in levels[route])
+    assert [row["concurrency"] for row in report["comparison"]] == [1, 4]
+    agreement = report["extra"]["agreement"]
+    assert "vlgraph /v1/embeddings ~ vlgraph /encode_image" in agreement, agreement
+    for pair, similarity in agreement.items():
+        assert similarity > 0.999, pair
+    assert report["memory_mib"]["replicas"], report["memory_mib"]
+    assert "== openai_embeddings" in finished.stdout
+
+
+@pytest.mark.cli
+def test_the_openai_chat_benchmark_runs_on_tiny_checkpoints(
+    checkpoint_cache: Path, tmp_path: Path
+) -> None:
+    """``python bench/bench_openai_chat.py --smoke``: whole and streamed chat replies on the
+    tiny InternVL, each level's figures written. A ``cli`` test: its own local Ray. About
+    40 s on a quiet 2-core machine."""
+    release_ray()
+    command = [
+        sys.executable,
+        "bench/bench_openai_chat.py",
+        "--smoke",
+        "--cache-dir",
+        str(checkpoint_cache),
+        "--output-dir",
+        str(tmp_path),
+    ]
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads((tmp_path / "openai_chat.json").read_text())
+    assert report["command"].startswith("python bench/bench_openai_chat.py --smoke")
+    assert [row["concurrency"] for row in report["levels"]] == [1, 2]
+    for row in report["levels"]:
+        assert 0 < row["stream_first_token_p50_s"] <= row["stream_total_p50_s"], row
+        assert row["whole_total_p50_s"] > 0 and row["tokens_p50"] >= 1, row
+    assert "stream: first token" in finished.stdout
+
+
 def test_the_smoke_run_shares_an_app_only_where_each_path_keeps_its_settings(
     checkpoint_cache: Path, tmp_path: Path
 ) -> None:

@@ -61,9 +61,14 @@ def check(
     if code is None:
         assert "error" not in body, body
     else:
-        assert set(body) == {"error", "detail"}, body
         error = body["error"]
-        assert set(error) == {"code", "message", "request_id"}, error
+        request = getattr(response, "request", None)  # raw socket answers have none
+        if request is not None and request.url.path.startswith("/v1/"):  # OpenAI's shape
+            assert set(body) == {"error"}, body
+            assert set(error) == {"message", "type", "param", "code", "request_id"}, error
+        else:
+            assert set(body) == {"error", "detail"}, body
+            assert set(error) == {"code", "message", "request_id"}, error
         assert error["code"] == code, error
         assert error["request_id"] == response.headers["x-request-id"], error
         for fragment in fragments:
@@ -368,6 +373,9 @@ def send_image(
             return Sent(http.post(path, files={"image": (name, data, media_type)}))
         if route == "encode-url":
             return Sent(http.post("/encode_image", json={"image_url": where["url"]}))
+        if route in OPENAI_ROUTES:
+            url = where["url"] if route.endswith("-url") else data_uri(data, media_type)
+            return Sent(openai_image_request(http, route, url))
         if route == "caption-path":
             return Sent(http.post("/caption", json={"image_path": where["path"]}))
         if route == "batch-caption":
@@ -383,7 +391,49 @@ def check_sent(sent: Sent, status: int, code: str, *fragments: str, count: bool 
         check(sent.response, status, code, *fragments, count=count)
 
 
-UPLOAD_ROUTES = ["caption-images", "collective", "upload", "encode-b64", "similar-image"]
+#: The /v1 routes that read images: by data: URI, or by URL (``-url``).
+OPENAI_ROUTES = ("v1-chat", "v1-embed", "v1-chat-url", "v1-embed-url")
+UPLOAD_ROUTES = [
+    "caption-images",
+    "collective",
+    "upload",
+    "encode-b64",
+    "similar-image",
+    "v1-chat",
+    "v1-embed",
+]
+#: Every route that fetches an image by URL.
+URL_ROUTES = ["encode-url", "v1-chat-url", "v1-embed-url"]
+
+
+def data_uri(data: bytes, media_type: str) -> str:
+    """``data`` as a base64 data: URI of ``media_type``."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def openai_image_request(http: httpx.Client, route: str, url: str) -> httpx.Response:
+    """One image by ``url`` (http(s) or data:) through /v1: a chat message to gemma
+    (``v1-chat*``) or an image embedding (``v1-embed*``)."""
+    if route.startswith("v1-chat"):
+        message = {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "Describe this image."},
+            ],
+        }
+        return http.post("/v1/chat/completions", json={"model": "gemma", "messages": [message]})
+    return http.post(
+        "/v1/embeddings", json={"model": "clip_image", "input": [url], "modality": "image"}
+    )
+
+
+def fetch_url(app: RunningApp, route: str, url: str) -> httpx.Response:
+    """``url`` fetched through one of :data:`URL_ROUTES`."""
+    if route == "encode-url":
+        return encode_url(app, url)
+    with client(app) as http:
+        return openai_image_request(http, route, url)
 
 
 SIMILAR_IMAGE = {"image": ("x.jpg", GOOD_JPEG, "image/jpeg")}

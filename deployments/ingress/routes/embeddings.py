@@ -158,22 +158,29 @@ class Embedding:
 
     async def embed(self, name: str, capability: Capability, item: bytes | str) -> list[float]:
         """The raw vector of one text or image by encoder ``name``, cached."""
+        return (await self.embed_counted(name, capability, item))[0]
+
+    async def embed_counted(
+        self, name: str, capability: Capability, item: bytes | str
+    ) -> tuple[list[float], int]:
+        """The raw vector of one text or image by encoder ``name``, cached, and the tokens
+        the encoder read (0 for an image)."""
         handle = self._gateway.handle(name, capability)
 
         async def compute() -> dict | ItemError:
             result = await self._gateway.call(name, handle.encode.remote(EncodeRequest(item=item)))
-            return result.error or {"embedding": list(result.embedding)}
+            return result.error or {"embedding": list(result.embedding), "tokens": result.tokens}
 
         outcome = await self._gateway.cached(name, item, compute)
         if isinstance(outcome, ItemError):
             raise ServiceError.from_item_error(outcome)
-        return outcome[0]["embedding"]
+        return outcome[0]["embedding"], outcome[0].get("tokens") or 0
 
     @staticmethod
     def response(
         name: str, given: Any, vectors: list[list[float]], normalize: bool
     ) -> EmbeddingResponse:
-        rows = [_unit(vector) if normalize else list(vector) for vector in vectors]
+        rows = [unit(vector) if normalize else list(vector) for vector in vectors]
         single = not isinstance(given, list)
         return EmbeddingResponse(
             embedding=rows[0] if single else None,
@@ -184,7 +191,8 @@ class Embedding:
         )
 
 
-def _unit(vector: list[float]) -> list[float]:
+def unit(vector: list[float]) -> list[float]:
+    """``vector`` scaled to length 1 (a zero vector as it is)."""
     norm = math.sqrt(sum(value * value for value in vector))
     return [value / norm for value in vector] if norm > 0 else list(vector)
 

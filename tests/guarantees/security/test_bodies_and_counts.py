@@ -31,6 +31,7 @@ from tests.support.security import (
     GOOD_JPEG,
     STRICT_BODY_TIMEOUT_S,
     UPLOAD_ROUTES,
+    URL_ROUTES,
     BackgroundApp,
     case_ids,
     check,
@@ -185,7 +186,7 @@ def test_slow_upload_is_cut_at_the_body_timeout(
 BIG_PNG = encoded(noise_image(33, (400, 400)), "PNG")
 
 
-@pytest.mark.parametrize("route", [*UPLOAD_ROUTES, "encode-url", "caption-path", "batch-caption"])
+@pytest.mark.parametrize("route", [*UPLOAD_ROUTES, *URL_ROUTES, "caption-path", "batch-caption"])
 def test_image_over_the_byte_limit_is_refused(app: RunningApp, hostile: str, route: str) -> None:
     assert len(BIG_PNG) > TEST_MAX_IMAGE_BYTES
     sent = send_image(

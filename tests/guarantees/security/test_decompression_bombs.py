@@ -15,6 +15,7 @@ from tests.support.common import TEST_MAX_IMAGE_BYTES, TEST_MAX_IMAGE_PIXELS, Ru
 from tests.support.security import (
     FIGURES,
     UPLOAD_ROUTES,
+    URL_ROUTES,
     Bomb,
     HostileTree,
     bomb_named,
@@ -33,7 +34,7 @@ BOMB_MEMORY_BOUND_MIB = 200
 BOMB_ROUTES = [
     *UPLOAD_ROUTES,
     "similar-image-stream",
-    "encode-url",
+    *URL_ROUTES,
     "caption-path",
     "batch-caption",
 ]

@@ -1,7 +1,7 @@
-"""Security, section 2: SSRF through the one route that fetches a URL (``POST
-/encode_image``'s ``image_url``, single and listed), with a local server on
-``TEST_IMAGE_HOST`` that redirects to forbidden targets and misbehaves (compressed
-bodies, oversize bodies, slowness)."""
+"""Security, section 2: SSRF through every route that fetches a URL (``POST /encode_image``'s
+``image_url``, single and listed; ``image_url`` parts of ``POST /v1/chat/completions``; image
+inputs of ``POST /v1/embeddings``), with a local server on ``TEST_IMAGE_HOST`` that redirects
+to forbidden targets and misbehaves (compressed bodies, oversize bodies, slowness)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.common import REPO_ROOT, TEST_IMAGE_HOST, RunningApp
-from tests.support.security import check, encode_url, redirect_to, tally
+from tests.support.security import URL_ROUTES, check, encode_url, fetch_url, redirect_to, tally
 from vlgraph.safe_fetch import address_class
 
 pytestmark = pytest.mark.integration
@@ -159,38 +159,59 @@ def _private_names() -> list[str]:
 PRIVATE_NAMES = _private_names()
 
 
-@pytest.mark.parametrize("form", ["single", "listed"])
+#: The /v1 routes read a data: URI themselves (its own cases: test_openai_images.py).
+V1_SKIPS = {"data:image/png;base64,iVBORw0KGgo="}
+
+
+@pytest.mark.parametrize("form", ["single", "listed", "v1-chat-url", "v1-embed-url"])
 @pytest.mark.parametrize(
     ("url", "status", "code", "fragment"),
     SSRF_URL_CASES,
     ids=[url_id(c[0]) for c in SSRF_URL_CASES],
 )
-def test_encode_image_url_refuses_internal_and_malformed_urls(
+def test_image_urls_refuse_internal_and_malformed_urls(
     app: RunningApp, hostile: str, form: str, url: str, status: int, code: str, fragment: str
 ) -> None:
     if form == "single":
         check(encode_url(app, url), status, code, fragment)
-    else:  # a good URL first: the bad item still refuses the request, named by its index
+    elif form == "listed":  # a good URL first: the bad item still refuses the request
         check(encode_url(app, [f"{hostile}/image.jpg", url]), status, code, fragment, "item 1")
+    elif url not in V1_SKIPS:
+        error = check(fetch_url(app, form, url), status, code, fragment)["error"]
+        assert error["param"] in ("input[0]", "messages[0].content[0].image_url"), error
 
 
-def test_encode_image_is_the_only_route_that_fetches_urls() -> None:
-    """This section covers every route that fetches a URL: only ``/encode_image`` does. A
-    new caller of the fetcher fails here until its route gets rows above."""
+def test_these_are_all_the_routes_that_fetch_urls() -> None:
+    """This section covers every route that fetches a URL: ``/encode_image`` and the /v1
+    image URLs (chat and embeddings read them through one module). A new caller of the
+    fetcher fails here until its route gets rows above."""
     callers = {
         str(path.relative_to(REPO_ROOT))
         for folder in ("deployments", "graphs", "vlgraph")
         for path in (REPO_ROOT / folder).rglob("*.py")
-        if "_fetcher.fetch(" in path.read_text() or ".fetch(url" in path.read_text()
+        if any(call in path.read_text() for call in ("_fetcher.fetch(", ".fetch(url", ".fetched("))
     }
-    assert callers == {"deployments/ingress/routes/embeddings.py"}, callers
+    assert callers == {
+        "deployments/ingress/routes/embeddings.py",
+        "deployments/ingress/routes/openai/image_urls.py",
+    }, callers
+    image_url_readers = {
+        str(path.relative_to(REPO_ROOT))
+        for path in (REPO_ROOT / "deployments").rglob("*.py")
+        if "ImageUrls(" in path.read_text()
+    }
+    assert image_url_readers == {
+        "deployments/ingress/routes/openai/chat.py",
+        "deployments/ingress/routes/openai/embeddings.py",
+    }, image_url_readers
 
 
+@pytest.mark.parametrize("route", URL_ROUTES)
 @pytest.mark.parametrize("name", PRIVATE_NAMES)
-def test_encode_image_url_refuses_names_resolving_to_private_addresses(
-    app: RunningApp, name: str
+def test_image_urls_refuse_names_resolving_to_private_addresses(
+    app: RunningApp, name: str, route: str
 ) -> None:
-    check(encode_url(app, f"http://{name}/x.jpg"), 403, FORBIDDEN, "resolves to")
+    check(fetch_url(app, route, f"http://{name}/x.jpg"), 403, FORBIDDEN, "resolves to")
 
 
 def test_private_names_were_found() -> None:
@@ -237,6 +258,7 @@ REDIRECT_TARGETS = [
 ]
 
 
+@pytest.mark.parametrize("route", URL_ROUTES)
 @pytest.mark.parametrize("redirect_status", [302, 307])
 @pytest.mark.parametrize(
     ("target", "status", "code", "fragment"),
@@ -251,8 +273,9 @@ def test_redirects_to_forbidden_targets_are_refused(
     status: int,
     code: str,
     fragment: str,
+    route: str,
 ) -> None:
-    response = encode_url(app, redirect_to(hostile, target, redirect_status))
+    response = fetch_url(app, route, redirect_to(hostile, target, redirect_status))
     check(response, status, code, "the redirect to", fragment)
 
 
@@ -277,19 +300,31 @@ HOSTILE_ANSWER_CASES = [
 ]
 
 
+@pytest.mark.parametrize("route", URL_ROUTES)
 @pytest.mark.parametrize(
     ("path", "status", "code", "fragments"),
     HOSTILE_ANSWER_CASES,
     ids=[url_id(c[0]) for c in HOSTILE_ANSWER_CASES],
 )
 def test_hostile_answers_are_refused(
-    app: RunningApp, hostile: str, path: str, status: int, code: str | None, fragments: tuple
+    app: RunningApp,
+    hostile: str,
+    path: str,
+    status: int,
+    code: str | None,
+    fragments: tuple,
+    route: str,
 ) -> None:
-    body = check(encode_url(app, hostile + path), status, code, *fragments)
-    if code is None:
+    body = check(fetch_url(app, route, hostile + path), status, code, *fragments)
+    if code is None and route == "encode-url":
         assert body["dimension"] == 512 and len(body["embedding"]) == 512
+    elif code is None and route == "v1-chat-url":
+        assert body["choices"][0]["message"]["content"], body
+    elif code is None:
+        assert len(body["data"][0]["embedding"]) == 512, body
 
 
-def test_https_to_a_plain_server_fails_cleanly(app: RunningApp, hostile: str) -> None:
+@pytest.mark.parametrize("route", URL_ROUTES)
+def test_https_to_a_plain_server_fails_cleanly(app: RunningApp, hostile: str, route: str) -> None:
     url = hostile.replace("http://", "https://") + "/image.jpg"
-    check(encode_url(app, url), 422, "url_fetch_failed", "could not fetch")
+    check(fetch_url(app, route, url), 422, "url_fetch_failed", "could not fetch")

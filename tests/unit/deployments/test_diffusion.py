@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from deployments.diffusion import (
     GenerationRequest,
     GenerationResult,
     GenerationTimedOut,
+    partial_image_steps,
 )
 from vlgraph.config import DiffusionConfig
 from vlgraph.tiny import ensure_checkpoint
@@ -194,6 +196,53 @@ def test_stream_reports_each_step_then_the_image(generator: DiffusionGenerator) 
     assert events[-1].result == generator.generate_now([request])[0]
 
 
+@pytest.mark.parametrize(
+    ("steps", "count", "expected"),
+    [(4, 2, {1, 2}), (20, 3, {5, 10, 15}), (20, 2, {6, 13}), (3, 3, {1, 2}), (1, 3, set())],
+)
+def test_partial_images_are_evenly_spaced_before_the_last_step(
+    steps: int, count: int, expected: set[int]
+) -> None:
+    assert partial_image_steps(steps, count) == expected
+    assert partial_image_steps(steps, 0) == set()
+
+
+def test_stream_sends_partial_images_that_approach_the_unchanged_final_image(
+    generator: DiffusionGenerator,
+) -> None:
+    """At the steps and guidance the tiny models were trained for, each partial image is
+    closer to the final one than the one before: they are the denoising under way."""
+    request = _request(
+        "a red circle on a white background",
+        steps=20,
+        guidance_scale=2.0,
+        width=96,
+        seed=3,
+        partial_images=3,
+    )
+
+    async def collect() -> list[GenerationEvent]:
+        return [event async for event in generator.generate_stream(request)]
+
+    events = asyncio.run(collect())
+    assert [event.step for event in events if event.kind == "step"] == list(range(1, 21))
+    partials = [event for event in events if event.kind == "partial_image"]
+    assert [(event.step, event.partial_image_index) for event in partials] == [
+        (5, 0),
+        (10, 1),
+        (15, 2),
+    ]
+    for partial in partials:  # each right after its step's event
+        assert events[events.index(partial) - 1].step == partial.step
+    assert events[-1].kind == "image"
+    final = events[-1].result
+    assert final == generator.generate_now([dataclasses.replace(request, partial_images=0)])[0]
+    images = [_pixels(GenerationResult(image_png=event.image_png)) for event in partials]
+    assert all(image.shape == (64, 96, 3) for image in images)
+    distances = [np.abs(image - _pixels(final)).mean() for image in images]
+    assert distances[0] > distances[1] > distances[2] > 0, distances
+
+
 @pytest.mark.parametrize("how", ["close", "cancel"])
 def test_a_stream_left_early_stops_the_pipeline(
     generator: DiffusionGenerator, monkeypatch: pytest.MonkeyPatch, how: str
@@ -310,12 +359,16 @@ def test_a_failing_group_fails_alone(
     assert results[0].error is None and results[2].error is None
 
 
-def test_stream_refuses_out_of_bounds_requests(generator: DiffusionGenerator) -> None:
+@pytest.mark.parametrize("fields", [{"steps": 0}, {"partial_images": 4}])
+def test_stream_refuses_out_of_bounds_requests(
+    generator: DiffusionGenerator, fields: dict[str, int]
+) -> None:
     async def collect() -> list[GenerationEvent]:
-        return [event async for event in generator.generate_stream(_request(steps=0))]
+        return [event async for event in generator.generate_stream(_request(**fields))]
 
     [event] = asyncio.run(collect())
     assert event.kind == "error" and event.result.error.status == 422
+    assert next(iter(fields)) in event.result.error.message
 
 
 def test_reconfigure_applies_batch_settings(generator: DiffusionGenerator) -> None:

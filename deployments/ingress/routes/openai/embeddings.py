@@ -1,0 +1,186 @@
+"""``POST /v1/embeddings``: texts through the multilingual CLIP text encoder and images
+through the CLIP image encoder, in one space, as OpenAI's embedding list.
+
+Texts are ``input`` (a string or a list). Images come as infinity sends them (``modality:
+"image"``, ``input`` a list of http(s) URLs or ``data:`` URIs) or as vLLM does (``messages``
+whose one ``image_url`` part is the image; a text-only ``messages`` is a text). Either model
+name, ``clip_text`` or ``clip_image``, names the one space; each input goes to the encoder of
+its kind. Vectors are unit length, as OpenAI's are, and the same cache as ``/encode_text`` and
+``/encode_image`` serves both routes. ``encoding_format: base64`` (the ``openai`` client's
+default) sends each vector as the base64 of its little-endian float32 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from openai.types import CreateEmbeddingResponse
+
+from deployments.ingress.context import IngressContext
+from deployments.ingress.errors import error_responses
+from deployments.ingress.openapi import MODEL_NAMES
+from deployments.ingress.routes.embeddings import Embedding, unit
+from deployments.ingress.routes.openai.image_urls import ImageUrls
+from deployments.ingress.routes.openai.protocol import (
+    EmbeddingsBody,
+    ImageUrl,
+    TextPart,
+    refuse_unsupported,
+)
+from vlgraph.errors import BadRequestError, ServiceError
+from vlgraph.served_models import Capability
+
+#: The encoders of the one space: the text side and the image side.
+TEXT_ENCODER, IMAGE_ENCODER = "clip_text", "clip_image"
+#: One text or image input: (the field it came from, the text or the image's URL).
+Item = tuple[str, str]
+
+
+class OpenAIEmbeddings:
+    """Reads a body's inputs and embeds each with the encoder of its kind."""
+
+    def __init__(self, context: IngressContext):
+        self._embedding = Embedding(context)
+        self._images = ImageUrls(context)
+        self._gateway = context.gateway
+
+    def check_model(self, model: str) -> None:
+        """4xx unless ``model`` is one of the space's encoders and both are served."""
+        if model not in (TEXT_ENCODER, IMAGE_ENCODER):
+            if model not in self._gateway.catalog.known:
+                self._gateway.handle(model, Capability.EMBED_TEXT)  # 422 unknown_model
+            raise BadRequestError(
+                f"{model} does not embed; use model={TEXT_ENCODER} or model={IMAGE_ENCODER} "
+                "(one space for texts and images)",
+                code="embeddings_not_supported",
+                param="model",
+            )
+
+    def inputs(self, body: EmbeddingsBody) -> tuple[str, list[Item]]:
+        """The kind (``text`` or ``image``) and the inputs of ``body``, checked."""
+        refuse_unsupported(body, {})
+        if (body.input is None) == (body.messages is None):
+            raise BadRequestError(
+                "send exactly one of input and messages", code="invalid_input", param="input"
+            )
+        if body.messages is not None:
+            return _from_messages(body)
+        given = body.input
+        if isinstance(given, list) and any(not isinstance(item, str) for item in given):
+            raise BadRequestError(
+                "input as token ids is not supported: send the text itself",
+                code="token_ids_not_supported",
+                param="input",
+            )
+        items = self._embedding.listed(given)  # type: ignore[arg-type]
+        single = isinstance(given, str)
+        fields = ["input" if single else f"input[{index}]" for index in range(len(items))]
+        return body.modality, list(zip(fields, items, strict=True))
+
+    async def vectors(self, kind: str, items: list[Item]) -> list[tuple[list[float], int]]:
+        """Each input's raw vector and token count, in order."""
+        if kind == "image":
+            self._images.check_count(len(items), "input")
+            images = await asyncio.gather(*(self._images.read(url, f) for f, url in items))
+            return await asyncio.gather(
+                *(
+                    self._embedding.embed_counted(IMAGE_ENCODER, Capability.EMBED_IMAGE, data)
+                    for data in images
+                )
+            )
+        for index, (field, text) in enumerate(items):
+            try:
+                self._embedding.check_text(text, index if len(items) > 1 else None)
+            except ServiceError as error:
+                error.param = field
+                raise
+        return await asyncio.gather(
+            *(
+                self._embedding.embed_counted(TEXT_ENCODER, Capability.EMBED_TEXT, text)
+                for _, text in items
+            )
+        )
+
+
+def _from_messages(body: EmbeddingsBody) -> tuple[str, list[Item]]:
+    """vLLM's form: the one image of the messages, or their text."""
+    texts: list[str] = []
+    images: list[Item] = []
+    for index, message in enumerate(body.messages or []):
+        content = message.content
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for position, part in enumerate(content or []):
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            else:
+                url = part.image_url.url if isinstance(part.image_url, ImageUrl) else part.image_url
+                images.append((f"messages[{index}].content[{position}].image_url", url))
+    if (images and any(text.strip() for text in texts)) or len(images) > 1:
+        raise BadRequestError(
+            "CLIP embeds one text or one image into one vector: send messages with either "
+            "text or one image_url part",
+            code="mixed_embedding_input",
+            param="messages",
+        )
+    if images:
+        return "image", images
+    return "text", [("messages", " ".join(texts))]
+
+
+def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector
+
+
+def router(context: IngressContext) -> APIRouter:
+    """``POST /v1/embeddings`` of one ingress replica."""
+    routes = APIRouter()
+    embeddings = OpenAIEmbeddings(context)
+    encoders = [name for name in (TEXT_ENCODER, IMAGE_ENCODER) if context.gateway.catalog.get(name)]
+
+    @routes.post(
+        "/v1/embeddings",
+        response_model=CreateEmbeddingResponse,
+        summary="Embed texts and images in one space (OpenAI's embeddings)",
+        responses=error_responses(400, 403, 413, 415, 422, 503, openai=True),
+        openapi_extra={MODEL_NAMES: encoders},
+    )
+    async def create_embeddings(body: EmbeddingsBody) -> Any:
+        """One unit-length vector per input, in order; ``usage`` counts the text tokens."""
+        embeddings.check_model(body.model)
+        kind, items = embeddings.inputs(body)
+        results = await embeddings.vectors(kind, items)
+        dimension = len(results[0][0])
+        if body.dimensions is not None and body.dimensions != dimension:
+            raise BadRequestError(
+                f"{body.model} makes {dimension}-dimensional vectors; send dimensions="
+                f"{dimension} or leave it out",
+                code="unsupported_dimensions",
+                param="dimensions",
+            )
+        tokens = sum(count for _, count in results)
+        answer = {
+            "object": "list",
+            "model": body.model,
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": _encoded(unit(vector), body.encoding_format),
+                }
+                for index, (vector, _) in enumerate(results)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        # Returned as is: with base64 vectors it is not the float-list response model.
+        return JSONResponse(answer)
+
+    return routes
