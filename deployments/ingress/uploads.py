@@ -45,6 +45,18 @@ def form_fields(schema: dict) -> dict:
     return {**schema, "properties": properties}
 
 
+def image_form(fields: type[BaseModel]) -> dict:
+    """A multipart body's schema: a required ``image`` file part beside ``fields``."""
+    schema = form_fields(fields.model_json_schema())
+    schema["properties"]["image"] = {
+        "type": "string",
+        "contentMediaType": "application/octet-stream",
+        "description": "JPEG, PNG or WebP, judged by content.",
+    }
+    schema["required"] = [*schema.get("required", []), "image"]
+    return schema
+
+
 async def read_form_or_json(request: Request, model: type[Body]) -> Body:
     """The body as ``model``, from JSON or from form fields (the question and generation
     routes take either); a 422 naming the field when it does not validate, 415 for other

@@ -71,20 +71,15 @@ def test_every_benchmark_path_runs_on_tiny_checkpoints(
         assert f"== {name}" in finished.stdout
 
 
-@pytest.mark.cli
-def test_the_openai_embeddings_benchmark_runs_on_tiny_checkpoints(
-    checkpoint_cache: Path, tmp_path: Path
-) -> None:
-    """``python bench/bench_openai_embeddings.py --smoke``: vlgraph's ``/v1/embeddings`` and
-    ``/encode_image`` answer every timed image request on the tiny CLIP checkpoints, with
-    the same vector, and the run writes its JSON report (the infinity peer too where its
-    environment is installed). A ``cli`` test: its own local Ray, after the session's is
-    released. About 45 s on a quiet 2-core machine (one Ray start, 10 tiny requests a
-    route), 15 s more with the peer."""
+def run_smoke(
+    script: str, checkpoint_cache: Path, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python bench/<script>.py --smoke`` on its own local Ray (the session's released):
+    its output, and its report ``<script minus bench_>.json``, which names the command."""
     release_ray()
     command = [
         sys.executable,
-        "bench/bench_openai_embeddings.py",
+        f"bench/{script}.py",
         "--smoke",
         "--cache-dir",
         str(checkpoint_cache),
@@ -95,8 +90,22 @@ def test_the_openai_embeddings_benchmark_runs_on_tiny_checkpoints(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    report = json.loads((tmp_path / "openai_embeddings.json").read_text())
-    assert report["command"].startswith("python bench/bench_openai_embeddings.py --smoke")
+    report = json.loads((tmp_path / f"{script.removeprefix('bench_')}.json").read_text())
+    assert report["command"].startswith(f"python bench/{script}.py --smoke")
+    return finished, report
+
+
+@pytest.mark.cli
+def test_the_openai_embeddings_benchmark_runs_on_tiny_checkpoints(
+    checkpoint_cache: Path, tmp_path: Path
+) -> None:
+    """``python bench/bench_openai_embeddings.py --smoke``: vlgraph's ``/v1/embeddings`` and
+    ``/encode_image`` answer every timed image request on the tiny CLIP checkpoints, with
+    the same vector, and the run writes its JSON report (the infinity peer too where its
+    environment is installed). A ``cli`` test: its own local Ray, after the session's is
+    released. About 45 s on a quiet 2-core machine (one Ray start, 10 tiny requests a
+    route), 15 s more with the peer."""
+    finished, report = run_smoke("bench_openai_embeddings", checkpoint_cache, tmp_path)
     levels = report["levels"]
     for route in (
         "vlgraph /v1/embeddings",
@@ -121,22 +130,7 @@ def test_the_openai_chat_benchmark_runs_on_tiny_checkpoints(
     """``python bench/bench_openai_chat.py --smoke``: whole and streamed chat replies on the
     tiny InternVL, each level's figures written. A ``cli`` test: its own local Ray. About
     40 s on a quiet 2-core machine."""
-    release_ray()
-    command = [
-        sys.executable,
-        "bench/bench_openai_chat.py",
-        "--smoke",
-        "--cache-dir",
-        str(checkpoint_cache),
-        "--output-dir",
-        str(tmp_path),
-    ]
-    finished = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    report = json.loads((tmp_path / "openai_chat.json").read_text())
-    assert report["command"].startswith("python bench/bench_openai_chat.py --smoke")
+    finished, report = run_smoke("bench_openai_chat", checkpoint_cache, tmp_path)
     assert [row["concurrency"] for row in report["levels"]] == [1, 2]
     for row in report["levels"]:
         assert 0 < row["stream_first_token_p50_s"] <= row["stream_total_p50_s"], row

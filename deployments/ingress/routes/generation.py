@@ -29,8 +29,8 @@ from pydantic import (
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.uploads import (
-    form_fields,
     form_or_json_body,
+    image_form,
     read_form_or_json,
     read_image_form,
     validated,
@@ -209,7 +209,7 @@ def router(context: IngressContext) -> APIRouter:
     similar_image_body = {
         "requestBody": {
             "required": True,
-            "content": {"multipart/form-data": {"schema": _similar_image_form(bodies)}},
+            "content": {"multipart/form-data": {"schema": image_form(bodies.similar_image)}},
         }
     }
     chooses = {"x-model-capability": Capability.GENERATE.value}
@@ -319,18 +319,6 @@ def router(context: IngressContext) -> APIRouter:
         return Response(data, media_type=stored.media_type)
 
     return routes
-
-
-def _similar_image_form(bodies: GenerationBodies) -> dict[str, Any]:
-    """The multipart body of the similar-image routes: the image and the generation fields."""
-    schema = form_fields(bodies.similar_image.model_json_schema())
-    schema["properties"]["image"] = {
-        "type": "string",
-        "contentMediaType": "application/octet-stream",
-        "description": "JPEG, PNG or WebP, judged by content.",
-    }
-    schema["required"] = [*schema.get("required", []), "image"]
-    return schema
 
 
 async def _generation_events(

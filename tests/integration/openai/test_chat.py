@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import openai
@@ -353,3 +354,36 @@ def test_stream_is_server_sent_events_ending_with_done(app: RunningApp) -> None:
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
     assert len({event["id"] for event in events}) == 1
+
+
+def test_a_client_that_disconnects_stops_its_generation(app: RunningApp) -> None:
+    """A long sampled reply (temperature 2 rarely ends the turn) abandoned after its first
+    chunk frees the replica at once: a short request sent right after is answered far sooner
+    than the abandoned reply would have taken."""
+    short = {"model": "gemma", "messages": [image_message(DESCRIBE, world_uri(7))]}
+    with app.client() as http:
+        for seed in range(8):  # a seed whose reply runs long (each seed's reply is fixed)
+            long = {
+                "model": "gemma",
+                "messages": [image_message(DESCRIBE, world_uri(6))],
+                "temperature": 2.0,
+                "seed": seed,
+                "max_tokens": 400,
+            }
+            started = time.perf_counter()
+            whole = http.post("/v1/chat/completions", json=long).json()
+            whole_s = time.perf_counter() - started
+            if whole["usage"]["completion_tokens"] > 200:
+                break
+        assert whole["usage"]["completion_tokens"] > 200, whole["usage"]
+        http.post("/v1/chat/completions", json=short).raise_for_status()  # warm
+        started = time.perf_counter()
+        http.post("/v1/chat/completions", json=short).raise_for_status()
+        alone_s = time.perf_counter() - started
+        with http.stream("POST", "/v1/chat/completions", json={**long, "stream": True}) as stream:
+            next(stream.iter_lines())  # the first chunk: generation has started
+        started = time.perf_counter()
+        http.post("/v1/chat/completions", json=short).raise_for_status()
+        after_s = time.perf_counter() - started
+    # Had the abandoned reply run on, the short one would have waited for most of it.
+    assert after_s < alone_s + 0.5 * whole_s, (after_s, alone_s, whole_s)

@@ -51,7 +51,7 @@ from deployments.ingress.routes.openai.streams import (
     error_event,
     sse_data,
 )
-from deployments.ingress.uploads import form_fields, read_image_form, validated
+from deployments.ingress.uploads import image_form, read_image_form, validated
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import BadRequestError, ItemError, ServiceError
 from vlgraph.generation_params import (
@@ -444,18 +444,6 @@ def _base64(png: bytes | None) -> str:
     return base64.b64encode(png or b"").decode("ascii")
 
 
-def _variation_form(body: type[ImageFields]) -> dict[str, Any]:
-    """The multipart body of ``POST /v1/images/variations``: the image and the fields."""
-    schema = form_fields(body.model_json_schema())
-    schema["properties"]["image"] = {
-        "type": "string",
-        "contentMediaType": "application/octet-stream",
-        "description": "JPEG, PNG or WebP, judged by content.",
-    }
-    schema["required"] = [*schema.get("required", []), "image"]
-    return schema
-
-
 def router(context: IngressContext) -> APIRouter:
     """The image routes of ``/v1`` of one ingress replica."""
     routes = APIRouter()
@@ -469,7 +457,7 @@ def router(context: IngressContext) -> APIRouter:
     variation_body = {
         "requestBody": {
             "required": True,
-            "content": {"multipart/form-data": {"schema": _variation_form(VariationForm)}},
+            "content": {"multipart/form-data": {"schema": image_form(VariationForm)}},
         },
         MODEL_NAMES: [chained] if chained else [],
     }
