@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -78,7 +79,7 @@ from bench.harness import (
     sweep,
     write_report,
 )
-from bench.paths import PATHS, raw_batch, shared_app_config
+from bench.paths import PATHS, BenchPath, raw_batch, shared_app_config
 from bench.peers import infinity
 from vlgraph.serve_cli import ServeMode
 from vlgraph.tiny import ensure_checkpoint
@@ -339,8 +340,9 @@ def measure_vlgraph(run: Run) -> None:
     routes = [run.route(V1), run.route(ENCODE_IMAGE)]
     served_app = ServedApp(run.args.serve_mode)
     try:
-        config = shared_app_config(CLIP_PATHS, run.checkpoints, run.folder, run.args.threads)
-        run.vlgraph_batch = raw_batch(CLIP_PATHS[0], config)
+        paths = served_paths(run.args.batch_wait_s)
+        config = shared_app_config(paths, run.checkpoints, run.folder, run.args.threads)
+        run.vlgraph_batch = raw_batch(paths[0], config)
         url = served_app.run(build_app(config), APP_NAME)
         run.settle()
         require_v1_route(url, routes[0])
@@ -352,6 +354,16 @@ def measure_vlgraph(run: Run) -> None:
     finally:
         stop_ray()
     record.update(ended=time.strftime("%H:%M:%S"), load_1m_end=load_average())
+
+
+def served_paths(batch_wait_s: float | None) -> list[BenchPath]:
+    """:data:`CLIP_PATHS`, the image encoder's ``batch_wait_timeout_s`` set to
+    ``batch_wait_s`` unless ``None`` (the profile's, 0.02 s)."""
+    if batch_wait_s is None:
+        return CLIP_PATHS
+    image, *others = CLIP_PATHS
+    wait = {"clip_image": {"batching": {"batch_wait_timeout_s": batch_wait_s}}}
+    return [dataclasses.replace(image, overrides={**image.overrides, **wait}), *others]
 
 
 def require_v1_route(url: str, route: Route) -> None:
@@ -464,6 +476,7 @@ def report(run: Run) -> Path:
         "size": "tiny" if run.args.smoke else "full",
         "threads": run.args.threads,
         "serve_mode": run.args.serve_mode,
+        "batch_wait_s": run.args.batch_wait_s,
         "batch": {"vlgraph": run.vlgraph_batch, "infinity": run.args.peer_batch_size},
         "machine": machine(),
         "images": {
@@ -507,6 +520,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve-mode", choices=["throughput", "classic"], default="throughput")
     parser.add_argument("--infinity-venv", default=str(infinity.DEFAULT_VENV))
     parser.add_argument("--peer-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-wait-s",
+        type=float,
+        help="the image encoder's batch_wait_timeout_s (diagnosis; default: the profile's)",
+    )
     parser.add_argument(
         "--peer-replica-allocator",
         action="store_true",
