@@ -18,7 +18,7 @@ from graphs.registry import catalog, served_entries
 from graphs.similar_image import bind_similar_image
 from vlgraph.config import AppConfig, DiffusionConfig
 from vlgraph.model_source import check_model_available
-from vlgraph.served_models import PIPELINE_GENERATORS
+from vlgraph.served_models import pipeline_generator
 
 #: Model settings that never change an answer (batches are exact), left out of cache keys.
 RESULT_NEUTRAL_FIELDS = {"deployment", "batching", "torch_threads", "tune_cpu_allocator"}
@@ -39,7 +39,7 @@ def build_app(args: AppConfig) -> Application:
         name: model for name, model in models.items() if isinstance(model, DiffusionConfig)
     }
     # The similar-image pipeline chains BLIP into SDXL (Stable Diffusion when SDXL is off).
-    chained = next((name for name in PIPELINE_GENERATORS if name in generators), None)
+    chained = pipeline_generator(generators)
     if chained is not None and "blip" in handles:
         handles[PIPELINE] = bind_similar_image(
             handles["blip"],

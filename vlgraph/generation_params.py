@@ -80,6 +80,7 @@ def resolve_generation(
         long_code=BoundsError.code,
         empty_code=BoundsError.code,
         error=BoundsError,
+        param="prompt",
     )
     negative = checked_text(
         settings.negative_prompt,
@@ -87,6 +88,7 @@ def resolve_generation(
         limit=max_prompt_chars,
         long_code=BoundsError.code,
         error=BoundsError,
+        param="negative_prompt",
     )
     height = _checked_size("height", settings.height, config.default_size, config.max_height)
     width = _checked_size("width", settings.width, config.default_size, config.max_width)
@@ -95,16 +97,18 @@ def resolve_generation(
         steps = config.default_steps
     elif not 1 <= steps <= config.max_steps:
         raise BoundsError(
-            f"num_inference_steps must be between 1 and {config.max_steps}, not {steps}"
+            f"num_inference_steps must be between 1 and {config.max_steps}, not {steps}",
+            param="num_inference_steps",
         )
     guidance = config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
     if not 0 <= guidance <= config.max_guidance_scale:
         raise BoundsError(
-            f"guidance_scale must be between 0 and {config.max_guidance_scale}, not {guidance}"
+            f"guidance_scale must be between 0 and {config.max_guidance_scale}, not {guidance}",
+            param="guidance_scale",
         )
     seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
     if not 0 <= seed <= MAX_SEED:
-        raise BoundsError(f"seed must be between 0 and {MAX_SEED}, not {seed}")
+        raise BoundsError(f"seed must be between 0 and {MAX_SEED}, not {seed}", param="seed")
     return GenerationRequest(
         prompt=text,
         negative_prompt=negative,
@@ -149,6 +153,7 @@ def _checked_size(name: str, value: int | None, default: int, largest: int) -> i
     if value % SIZE_MULTIPLE or not MIN_SIZE <= value <= largest:
         raise BoundsError(
             f"{name} must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {largest}, "
-            f"not {value}"
+            f"not {value}",
+            param=name,
         )
     return value

@@ -7,6 +7,7 @@ the registry or any model code.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -26,6 +27,12 @@ class Capability(enum.StrEnum):
 #: The generators the caption -> diffusion pipeline chains into, in order of preference: it
 #: uses the first one the profile serves.
 PIPELINE_GENERATORS = ("sdxl", "sd")
+
+
+def pipeline_generator(served: Iterable[str]) -> str | None:
+    """The generator among ``served`` that the caption -> diffusion pipeline chains into."""
+    names = set(served)
+    return next((name for name in PIPELINE_GENERATORS if name in names), None)
 
 
 class ChatMode(enum.StrEnum):

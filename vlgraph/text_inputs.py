@@ -31,6 +31,7 @@ def checked_text(
     long_code: str,
     empty_code: str | None = None,
     error: type[ServiceError] = ServiceError,
+    param: str | None = None,
 ) -> str | None:
     """``text`` without surrounding whitespace, or None when it is blank and optional (no
     ``empty_code``). A 422 with ``empty_code`` when it is blank and required, with
@@ -38,9 +39,12 @@ def checked_text(
     raw = text or ""
     if len(raw) > limit:
         raise error(
-            f"{what} has {len(raw)} characters; the limit is {limit}", code=long_code, status=422
+            f"{what} has {len(raw)} characters; the limit is {limit}",
+            code=long_code,
+            status=422,
+            param=param,
         )
     cleaned = raw.strip(BLANK_CHARACTERS)
     if not cleaned and empty_code is not None:
-        raise error(f"{what} is empty", code=empty_code, status=422)
+        raise error(f"{what} is empty", code=empty_code, status=422, param=param)
     return cleaned or None

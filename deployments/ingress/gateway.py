@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from vlgraph.cache import ResultCache
 from vlgraph.errors import BadRequestError, ItemError, ServiceError
 from vlgraph.model_calls import bounded_stream, call_model
-from vlgraph.served_models import PIPELINE_GENERATORS, Capability, ModelCatalog
+from vlgraph.served_models import Capability, ModelCatalog, pipeline_generator
 from vlgraph.service_metrics import service_metrics
 
 #: The deployment that chains a captioner into a generator (not a model of the registry).
@@ -98,8 +98,7 @@ class ModelGateway:
         this profile has no pipeline."""
         if not self.has_pipeline():
             return None
-        served = self.served(Capability.GENERATE)
-        return next((name for name in PIPELINE_GENERATORS if name in served), None)
+        return pipeline_generator(self.served(Capability.GENERATE))
 
     def pipeline(self) -> DeploymentHandle:
         """The caption -> generation pipeline; 400 when this profile has none."""

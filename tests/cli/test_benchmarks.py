@@ -46,21 +46,7 @@ def test_every_benchmark_path_runs_on_tiny_checkpoints(
     A ``cli`` test: the command starts its own local Ray, after the session's is released.
     About two minutes on a quiet 2-core machine: one naive server process and one Ray for
     every path, the served paths in two apps deployed at once, small images."""
-    release_ray()
-    command = [
-        sys.executable,
-        "bench/run.py",
-        "all",
-        "--smoke",
-        "--cache-dir",
-        str(checkpoint_cache),
-        "--output-dir",
-        str(tmp_path),
-    ]
-    finished = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    finished = run_bench(["bench/run.py", "all"], checkpoint_cache, tmp_path, timeout_s=900)
     for name in PATHS:
         report = json.loads((tmp_path / f"{name}.json").read_text())
         assert report["command"].startswith("python bench/run.py all --smoke")
@@ -71,15 +57,15 @@ def test_every_benchmark_path_runs_on_tiny_checkpoints(
         assert f"== {name}" in finished.stdout
 
 
-def run_smoke(
-    script: str, checkpoint_cache: Path, tmp_path: Path
-) -> tuple[subprocess.CompletedProcess, dict]:
-    """``python bench/<script>.py --smoke`` on its own local Ray (the session's released):
-    its output, and its report ``<script minus bench_>.json``, which names the command."""
+def run_bench(
+    arguments: list[str], checkpoint_cache: Path, tmp_path: Path, timeout_s: int = 600
+) -> subprocess.CompletedProcess:
+    """``python <arguments> --smoke`` on its own local Ray (the session's released), its
+    reports in ``tmp_path``; it must succeed."""
     release_ray()
     command = [
         sys.executable,
-        f"bench/{script}.py",
+        *arguments,
         "--smoke",
         "--cache-dir",
         str(checkpoint_cache),
@@ -87,9 +73,18 @@ def run_smoke(
         str(tmp_path),
     ]
     finished = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    return finished
+
+
+def run_smoke(
+    script: str, checkpoint_cache: Path, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python bench/<script>.py --smoke`` on its own local Ray (the session's released):
+    its output, and its report ``<script minus bench_>.json``, which names the command."""
+    finished = run_bench([f"bench/{script}.py"], checkpoint_cache, tmp_path)
     report = json.loads((tmp_path / f"{script.removeprefix('bench_')}.json").read_text())
     assert report["command"].startswith(f"python bench/{script}.py --smoke")
     return finished, report

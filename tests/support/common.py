@@ -221,6 +221,26 @@ def serving_on_image_host(handler: type[BaseHTTPRequestHandler]) -> Iterator[str
         server.shutdown()
 
 
+@contextlib.contextmanager
+def serving_image(data: bytes, media_type: str = "image/jpeg") -> Iterator[str]:
+    """``data`` served at every path of a test server on :data:`TEST_IMAGE_HOST`; yields
+    its base URL."""
+
+    class OneImage(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", media_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving_on_image_host(OneImage) as url:
+        yield url
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as probe:

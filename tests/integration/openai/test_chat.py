@@ -17,7 +17,7 @@ from tests.support.common import (
     TEST_IMAGE_HOST,
     RunningApp,
     jpeg_bytes,
-    serving_on_image_host,
+    serving_image,
     world_image,
     world_scene,
 )
@@ -200,22 +200,7 @@ def test_restricted_models_answer_one_image(app: RunningApp) -> None:
 
 
 def test_images_by_http_url(app: RunningApp) -> None:
-    from http.server import BaseHTTPRequestHandler
-
-    image = jpeg_bytes(world_image(28))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(image)))
-            self.end_headers()
-            self.wfile.write(image)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    with serving_on_image_host(Handler) as base:
+    with serving_image(jpeg_bytes(world_image(28))) as base:
         assert TEST_IMAGE_HOST in base
         reply = sync_client(app).chat.completions.create(
             model="gemma", messages=[image_message(DESCRIBE, f"{base}/shape.jpg")]

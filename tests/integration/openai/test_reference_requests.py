@@ -5,7 +5,6 @@ refusal naming the field) it should. Only model names and outside URLs are swapp
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from tests.support.common import (
     RunningApp,
     jpeg_bytes,
-    serving_on_image_host,
+    serving_image,
     world_image,
     world_scene,
 )
@@ -23,20 +22,6 @@ pytestmark = pytest.mark.integration
 
 STORED = json.loads((Path(__file__).with_name("reference_requests.json")).read_text())
 IMAGE = jpeg_bytes(world_image(50))
-
-
-class ImageHost(BaseHTTPRequestHandler):
-    """Serves one world image at every path (in place of the reference's outside hosts)."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(IMAGE)))
-        self.end_headers()
-        self.wfile.write(IMAGE)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def swapped(value: object, host: str) -> object:
@@ -55,7 +40,7 @@ def swapped(value: object, host: str) -> object:
 
 @pytest.mark.parametrize("stored", STORED["requests"], ids=[r["name"] for r in STORED["requests"]])
 def test_reference_requests_replay(app: RunningApp, stored: dict) -> None:
-    with serving_on_image_host(ImageHost) as host, app.client() as http:
+    with serving_image(IMAGE) as host, app.client() as http:
         response = http.post(stored["path"], json=swapped(stored["body"], host))
     if stored["status"] != 200:
         check_openai_error(response, stored["status"], stored["code"], stored["param"])

@@ -87,8 +87,8 @@ NEUTRAL_GENERATION_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "safety_identifier": (("*",), ""),
 }
 
-#: The generation settings a message of :func:`~vlgraph.generation_params.resolve_generation`
-#: starts with, named as OpenAI's ``param``.
+#: The generation settings whose bounds :func:`~vlgraph.generation_params.resolve_generation`
+#: names (``param``) as this API's fields are named.
 _SETTINGS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed")
 _SIZE = re.compile(r"(\d+)x(\d+)")
 #: This server counts no tokens; OpenAI's completed event requires the object.
@@ -299,9 +299,8 @@ class Images:
         try:
             return self._generation.resolved(model, prompt, body.settings(width, height))
         except BoundsError as error:
-            # Each bound's message starts with the name of its field.
-            named = error.message.split(" ", 1)[0]
-            error.param = named if named in _SETTINGS else None
+            # Height and width come from ``size``, checked (and named) before.
+            error.param = error.param if error.param in _SETTINGS else None
             raise
 
     async def generated(
