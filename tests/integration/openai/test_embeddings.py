@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 
@@ -44,6 +45,17 @@ def test_base64_is_little_endian_float32(app: RunningApp) -> None:
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     floats = embeddings(app, model="clip_text", input="a red star").json()["data"][0]["embedding"]
     assert vector.shape == (512,) and np.allclose(vector, floats, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+def test_answers_match_the_published_schema(app: RunningApp, encoding_format: str) -> None:
+    with app.client() as http:
+        described = http.get("/openapi.json").json()
+    operation = described["paths"]["/v1/embeddings"]["post"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator({**schema, "components": described["components"]})
+    body = embeddings(app, model="clip_text", input="a red star", encoding_format=encoding_format)
+    validator.validate(body.json())
 
 
 def test_images_in_both_forms_match_encode_image(app: RunningApp) -> None:

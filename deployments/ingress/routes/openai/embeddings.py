@@ -20,6 +20,8 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from openai.types import CreateEmbeddingResponse
+from openai.types import Embedding as OpenAIEmbedding
+from pydantic import Field
 
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
@@ -39,6 +41,21 @@ from vlgraph.served_models import Capability
 TEXT_ENCODER, IMAGE_ENCODER = "clip_text", "clip_image"
 #: One text or image input: (the field it came from, the text or the image's URL).
 Item = tuple[str, str]
+
+
+class EmbeddingVector(OpenAIEmbedding):
+    """One vector of the response: a float list, or a base64 string when asked."""
+
+    embedding: list[float] | str = Field(  # type: ignore[assignment]
+        description="The vector as floats, or with encoding_format base64 the base64 of its "
+        "little-endian float32 bytes"
+    )
+
+
+class EmbeddingList(CreateEmbeddingResponse):
+    """OpenAI's embedding list, whose vectors may be base64 strings."""
+
+    data: list[EmbeddingVector]  # type: ignore[assignment]
 
 
 class OpenAIEmbeddings:
@@ -148,7 +165,7 @@ def router(context: IngressContext) -> APIRouter:
 
     @routes.post(
         "/v1/embeddings",
-        response_model=CreateEmbeddingResponse,
+        response_model=EmbeddingList,
         summary="Embed texts and images in one space (OpenAI's embeddings)",
         responses=error_responses(400, 403, 413, 415, 422, 503, openai=True),
         openapi_extra={MODEL_NAMES: encoders},
@@ -180,7 +197,7 @@ def router(context: IngressContext) -> APIRouter:
             ],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        # Returned as is: with base64 vectors it is not the float-list response model.
+        # Returned as is: validating thousands of floats again would only cost time.
         return JSONResponse(answer)
 
     return routes
