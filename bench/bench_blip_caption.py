@@ -145,6 +145,7 @@ def bench_config(
     return AppConfig.model_validate(
         {
             "profile": "bench",
+            "access": {"mode": "open"},  # the benchmark's own machine
             "ingress": {
                 "image_root": str(image_root),
                 "deployment": {

@@ -82,6 +82,7 @@ def main() -> None:
             config = AppConfig.model_validate(
                 {
                     "profile": "bench",
+                    "access": {"mode": "open"},  # the benchmark's own machine
                     "checkpoint_cache_dir": str(cache_dir),
                     "cache": {"backend": "none"},
                     **dict.fromkeys(TOP_LEVEL_MODELS),

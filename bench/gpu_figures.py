@@ -46,10 +46,12 @@ ANCHORS = {
 def gpu_profile(checkpoint_of: Callable[[str], Path], skip: set[str]) -> dict[str, Any]:
     """``serve_config.yaml``'s args with every source on ``checkpoint_of(family)`` (full-size
     random weights for the figures), one replica per model (all resident at once, each with
-    its fractional GPU share and dtype), the result cache off."""
+    its fractional GPU share and dtype), the result cache off, no API key asked for (the
+    benchmark's own machine)."""
     args = load_application(REPO_ROOT / "serve_config.yaml")["args"]
     args = with_sources(args, lambda family: str(checkpoint_of(family)), replicas=1, skip=skip)
     args.update(cache={"backend": "none"}, environment="development", profile="gpu-bench")
+    args["access"] = {**args.get("access", {}), "mode": "open"}
     return args
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from deployments.ingress.deployment import IngressDeployment
 from deployments.ingress.gateway import PIPELINE
 from deployments.ingress.settings import IngressSettings
+from graphs.ingress import access_rules, bind_ingress, rate_limit_redis
 from graphs.registry import catalog, served_entries
 from graphs.similar_image import bind_similar_image
 from vlgraph.config import AppConfig, DiffusionConfig
@@ -28,6 +28,7 @@ def build_app(args: AppConfig) -> Application:
     """Bind the served models' deployments, the pipeline and the ingress from a validated
     configuration."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    access = access_rules(config.access, config.admin.api_key)
     cache_dir = config.resolved_cache_dir()
     served = served_entries(config)
     if config.check_models_before_start:
@@ -73,7 +74,6 @@ def build_app(args: AppConfig) -> Application:
         overload_statuses=tuple(
             sorted({options.backpressure_config.status_code for options in deployments})
         ),
+        rate_limit_redis=rate_limit_redis(config.cache),
     )
-    return IngressDeployment.options(**config.ingress.deployment.serve_options()).bind(
-        handles, settings
-    )
+    return bind_ingress(handles, settings, config.ingress, access)

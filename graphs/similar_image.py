@@ -21,10 +21,11 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from deployments.ingress.deployment import IngressDeployment
 from deployments.ingress.gateway import PIPELINE
 from deployments.ingress.settings import IngressSettings
+from graphs.ingress import access_rules, bind_ingress
 from graphs.registry import REGISTRY
+from vlgraph.access_config import AccessConfig
 from vlgraph.config import (
     BlipCaptionConfig,
     DiffusionConfig,
@@ -169,6 +170,10 @@ class SimilarImageAppConfig(StrictModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    access: AccessConfig = Field(
+        default_factory=AccessConfig,
+        description="API keys and rate limits of its routes (docs/access.md).",
+    )
 
 
 def bind_similar_image(
@@ -199,6 +204,7 @@ def build_similar_image_app(args: SimilarImageAppConfig) -> Application:
         if isinstance(args, SimilarImageAppConfig)
         else SimilarImageAppConfig.model_validate(args)
     )
+    rules = access_rules(config.access)
     cache_dir = resolve_checkpoint_cache_dir(config.checkpoint_cache_dir)
     generator_name = config.generator.family
     entries = {entry.name: entry for entry in REGISTRY}
@@ -231,6 +237,4 @@ def build_similar_image_app(args: SimilarImageAppConfig) -> Application:
             PIPELINE: config.pipeline.deployment.request_timeout_s,
         },
     )
-    return IngressDeployment.options(**config.ingress.deployment.serve_options()).bind(
-        handles, settings
-    )
+    return bind_ingress(handles, settings, config.ingress, rules)

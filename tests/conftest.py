@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.support.access import KeyedApp, keyed_args
 from tests.support.common import (
     RedisServer,
     RunningApp,
@@ -130,3 +131,31 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed_app(
+    ray_instance: int,
+    checkpoint_cache: Path,
+    image_root: Path,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[KeyedApp]:
+    """A small app that requires API keys (tests/support/access.py), for the access tests
+    and the security suite."""
+    from ray import serve
+
+    from tests.support.access import APP_NAME, ROUTE_PREFIX
+
+    folder = tmp_path_factory.mktemp("keyed")
+    args = keyed_args(checkpoint_cache, image_root, folder / "data", redis_server.port)
+    keyed = KeyedApp(
+        url=f"http://127.0.0.1:{ray_instance}{ROUTE_PREFIX}", args=args, logs=folder / "logs"
+    )
+    keyed.deploy(args)
+    wait_until_healthy(keyed.url)
+    yield keyed
+    import ray
+
+    if ray.is_initialized():
+        serve.delete(APP_NAME)

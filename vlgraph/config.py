@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
+from vlgraph.access_config import AccessConfig
 from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
 from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
 from vlgraph.tiny import (
@@ -644,6 +645,10 @@ class AppConfig(StrictModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    access: AccessConfig = Field(
+        default_factory=AccessConfig,
+        description="API keys and rate limits of every route (docs/access.md).",
+    )
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     vqa: BlipVqaConfig | None = Field(
         default_factory=BlipVqaConfig,

@@ -19,16 +19,40 @@ LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 
 
 class ServiceMetrics:
-    """Requests by route, model and status; cache hits, misses and errors; model latency;
-    denoising steps."""
+    """Requests by route, model, status and caller (the API key's name, never the key);
+    access refusals by reason; tokens and images served by caller; cache hits, misses and
+    errors; rate limits admitted without Redis; model latency; denoising steps."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
 
         self.requests = metrics.Counter(
             "vlgraph_requests",
-            description="HTTP requests answered, by route, model and status code.",
-            tag_keys=("route", "model", "status"),
+            description="HTTP requests answered, by route, model, status code and caller (the "
+            "API key's name; anonymous when access is open; empty for open routes).",
+            tag_keys=("route", "model", "status", "key"),
+        )
+        self.refusals = metrics.Counter(
+            "vlgraph_access_refusals",
+            description="Requests refused before any work, by caller and reason: missing_key, "
+            "malformed_key, invalid_key, admin_key, key_in_query, rate_limited, "
+            "too_many_in_flight.",
+            tag_keys=("key", "reason"),
+        )
+        self.rate_limit_fail_open = metrics.Counter(
+            "vlgraph_rate_limit_fail_open",
+            description="Rate-limit checks skipped because Redis failed or was down: the "
+            "request was admitted.",
+        )
+        self.tokens = metrics.Counter(
+            "vlgraph_tokens",
+            description="Tokens read (prompt) and written (completion) for each caller.",
+            tag_keys=("key", "model", "kind"),
+        )
+        self.images = metrics.Counter(
+            "vlgraph_images_served",
+            description="Images generated for each caller.",
+            tag_keys=("key", "model"),
         )
         self.cache_events = metrics.Counter(
             "vlgraph_cache_events",
@@ -48,9 +72,28 @@ class ServiceMetrics:
             tag_keys=("model",),
         )
 
-    def count_request(self, route: str, model: str, status: int) -> None:
+    def count_request(self, route: str, model: str, status: int, key: str = "") -> None:
         """One answered HTTP request."""
-        self.requests.inc(tags={"route": route, "model": model, "status": str(status)})
+        self.requests.inc(tags={"route": route, "model": model, "status": str(status), "key": key})
+
+    def count_refusal(self, key: str, reason: str) -> None:
+        """One request refused by the access control."""
+        self.refusals.inc(tags={"key": key, "reason": reason})
+
+    def count_rate_limit_fail_open(self) -> None:
+        """One rate-limit check that Redis could not answer (the request went on)."""
+        self.rate_limit_fail_open.inc()
+
+    def count_tokens(self, key: str, model: str, prompt: int, completion: int = 0) -> None:
+        """Tokens a caller's request read and wrote."""
+        for kind, count in (("prompt", prompt), ("completion", completion)):
+            if count:
+                self.tokens.inc(count, tags={"key": key, "model": model, "kind": kind})
+
+    def count_images(self, key: str, model: str, images: int) -> None:
+        """Images generated for a caller."""
+        if images:
+            self.images.inc(images, tags={"key": key, "model": model})
 
     def count_cache_event(self, event: str) -> None:
         """``hit``, ``miss`` or ``error``."""

@@ -12,6 +12,8 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.ingress.access import AccessControl
+from deployments.ingress.callers import CALLER
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import install_error_handlers
 from deployments.ingress.guards import RequestGuards, SecurityHeaders
@@ -54,7 +56,9 @@ def create_api(context: IngressContext, guards: GuardSettings) -> FastAPI:
     )
     # Middleware added later wraps what was added before: the request counter sees every
     # final status, every answer gets the security headers, the error mapper catches what
-    # escapes the guards, the guards run next to the routes.
+    # escapes the guards, the guards run next, then the access control (inside CORS, so a
+    # browser on an allowed origin can read its 401 or 429), then the routes.
+    api.add_middleware(AccessControl, gate=context.access)
     api.add_middleware(RequestGuards, settings=guards)
     install_error_handlers(api)
     api.add_middleware(SecurityHeaders)
@@ -79,11 +83,13 @@ class RequestCounter:
             await self.app(scope, receive, send)
             return
         status = 500  # what the client gets when the app raises before answering
+        caller = ""
 
         async def send_counting(message: Message) -> None:
-            nonlocal status
+            nonlocal status, caller
             if message["type"] == "http.response.start":
                 status = message["status"]
+                caller = CALLER.get()  # set by the access control, inside this middleware
             await send(message)
 
         try:
@@ -95,4 +101,4 @@ class RequestCounter:
             if route.startswith("/api/caption"):
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 model = query.get("model", [""])[0]
-            service_metrics().count_request(route, model, status)
+            service_metrics().count_request(route, model, status, caller)

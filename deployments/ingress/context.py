@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 from ray.serve.handle import DeploymentHandle
 
+from deployments.ingress.callers import AccessGate
 from deployments.ingress.gateway import PIPELINE, ModelGateway
+from deployments.ingress.rate_limits import CallerBudgets
 from deployments.ingress.settings import IngressSettings
+from vlgraph.access_config import AccessRules
 from vlgraph.cache import make_result_cache
 from vlgraph.config import IngressConfig
 from vlgraph.image_store import ImageStore, make_image_store
@@ -25,6 +28,7 @@ class IngressContext:
     gateway: ModelGateway
     store: ImageStore
     fetcher: ImageFetcher
+    access: AccessGate
 
     @classmethod
     def create(
@@ -45,6 +49,15 @@ class IngressContext:
             gateway=gateway,
             store=make_image_store(settings.store),
             fetcher=ImageFetcher(settings.image_fetch, settings.config.max_image_bytes),
+            # Closed until Serve hands the replica its rules (Ingress.reconfigure).
+            access=AccessGate(
+                AccessRules(mode="keys"),
+                CallerBudgets(
+                    settings.rate_limit_redis,
+                    lease_s=_longest_request_s(settings),
+                    on_fail_open=service_metrics().count_rate_limit_fail_open,
+                ),
+            ),
         )
 
     @property
@@ -58,3 +71,10 @@ class IngressContext:
         if self.gateway.has_pipeline():
             named[PIPELINE] = PIPELINE
         return named
+
+
+def _longest_request_s(settings: IngressSettings) -> float:
+    """How long one request may hold a slot in flight: the ingress's deadline to start an
+    answer, then the longest model deadline for a stream, with a margin."""
+    longest_model = max(settings.timeouts.values(), default=0.0)
+    return settings.config.deployment.request_timeout_s + longest_model + 30.0

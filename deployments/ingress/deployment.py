@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.ingress.context import IngressContext
 from deployments.ingress.settings import GuardSettings, IngressSettings
+from vlgraph.access_config import AccessRules
 
 
 class Ingress:
@@ -23,6 +24,14 @@ class Ingress:
 
     def __init__(self, handles: dict[str, DeploymentHandle], settings: IngressSettings):
         self._context = IngressContext.create(handles, settings)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the access rules (keys and limits) live: a key added, revoked or rotated in
+        the Serve config reaches every replica without restarting it."""
+        rules = AccessRules.model_validate(user_config["access"])
+        if rules.admin_sha256 is None:  # set from the admin key when the app was built
+            rules = rules.model_copy(update={"admin_sha256": self._context.access.admin_sha256})
+        self._context.access.rules = rules
 
     def __serve_build_asgi_app__(self) -> Any:
         """The FastAPI app of this replica (called by Serve after ``__init__``)."""

@@ -123,6 +123,16 @@ def openai_error_type(status: int) -> str:
     return "invalid_request_error"
 
 
+def app_path(scope: dict[str, Any]) -> str:
+    """The request's path within the application (without the route prefix it is served
+    under)."""
+    path = scope["path"]
+    root = scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :] or "/"
+    return path
+
+
 def speaks_openai(path: str) -> bool:
     """Whether ``path`` is under ``/v1`` (answers errors in OpenAI's shape)."""
     return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
@@ -156,7 +166,7 @@ def error_response(
 ) -> JSONResponse:
     """Build the standard error body (OpenAI's under ``/v1``)."""
     request_id = request_id_of(request)
-    if speaks_openai(request.url.path):
+    if speaks_openai(app_path(request.scope)):
         error = {
             "message": message,
             "type": openai_error_type(status),

@@ -18,6 +18,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
+from deployments.ingress.callers import record_images
 from vlgraph.cache import ResultCache
 from vlgraph.errors import BadRequestError, ItemError, ServiceError
 from vlgraph.model_calls import bounded_stream, call_model
@@ -118,6 +119,7 @@ class ModelGateway:
         started = time.perf_counter()
         results = await asyncio.gather(*(call_model(call, timeout_s) for call in calls))
         service_metrics().observe_model_latency(model, time.perf_counter() - started)
+        record_images(model, results)
         return results[0] if len(calls) == 1 else tuple(results)
 
     def stream(self, model: str, events: Any) -> AsyncIterator:

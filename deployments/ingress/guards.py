@@ -23,8 +23,14 @@ from deployments.ingress.settings import GuardSettings
 from vlgraph.errors import ServiceUnavailableError
 
 #: Headers a browser page on an allowed origin may send, and read back.
-CORS_REQUEST_HEADERS = ("Content-Type", "X-API-Key", "X-Request-ID")
-CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After")
+CORS_REQUEST_HEADERS = ("Content-Type", "Authorization", "X-API-Key", "X-Request-ID")
+CORS_EXPOSED_HEADERS = (
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+)
 #: Sent with every answer: browsers must take the declared Content-Type as it is, never sniff
 #: an image (a stored upload may be a JPEG with HTML appended) into a page that runs scripts.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}

@@ -22,6 +22,7 @@ from typing import Any
 from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
 
+from deployments.ingress.access import needs_key
 from deployments.ingress.errors import ERROR_STATUS_TEXT, speaks_openai
 from vlgraph.config import DiffusionConfig, IngressConfig
 from vlgraph.generation_params import MAX_SEED, MIN_SIZE, SIZE_MULTIPLE
@@ -42,6 +43,25 @@ MAX_HISTORY_OFFSET = 2**31 - 1
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
 #: The error body under /v1 (OpenAI's shape).
 OPENAI_ERROR_SCHEMA = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
+#: The two ways to send an API key (docs/access.md); an operation takes either.
+SECURITY_SCHEMES = {
+    "bearerKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key as Authorization: Bearer KEY (the openai client's way).",
+    },
+    "headerKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The same API key in X-API-Key.",
+    },
+}
+#: What the access control answers, described on every protected operation.
+ACCESS_ERRORS = {
+    "401": "No API key, a malformed one, or one that is not valid (revoked or rotated).",
+    "429": "Past this key's rate limit or requests in flight; retry after Retry-After.",
+}
 
 
 @dataclass(frozen=True)
@@ -187,8 +207,10 @@ def service_openapi(
     routes: list[BaseRoute],
     limits: ServiceLimits,
     root_path: str = "",
+    keys_required: bool = False,
 ) -> dict[str, Any]:
-    """The OpenAPI description of this service with ``limits`` stated."""
+    """The OpenAPI description of this service with ``limits`` stated, and, when
+    ``keys_required``, the API key every protected operation asks for."""
     document = get_openapi(
         title=title,
         version=version,
@@ -231,7 +253,25 @@ def service_openapi(
     _link_image_ids(document, operation_ids)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    if keys_required:
+        _require_keys(document)
     return document
+
+
+def _require_keys(document: dict[str, Any]) -> None:
+    """Declare the API key on every operation the access control guards."""
+    document["components"]["securitySchemes"] = SECURITY_SCHEMES
+    for path, _, operation in _operations(document):
+        if not needs_key(path):
+            continue
+        operation["security"] = [{"bearerKey": []}, {"headerKey": []}]
+        schema = OPENAI_ERROR_SCHEMA if speaks_openai(path) else ERROR_SCHEMA
+        for status, text in ACCESS_ERRORS.items():
+            described = operation["responses"].setdefault(
+                status, {"description": text, "content": {"application/json": {"schema": schema}}}
+            )
+            if text not in described["description"]:
+                described["description"] += " Or: " + text
 
 
 def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deployments.ingress.rate_limits import RedisTarget
 from vlgraph.config import (
     AdminConfig,
     CacheConfig,
@@ -35,6 +36,8 @@ class IngressSettings:
     timeouts: dict[str, float] = field(default_factory=dict)
     #: The statuses overload answers with (503, and 429 where a deployment is set to it).
     overload_statuses: tuple[int, ...] = (503,)
+    #: Where the callers' rate-limit budgets are shared (the cache's Redis); None: in process.
+    rate_limit_redis: RedisTarget | None = None
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.browser import start_chromium
 from tests.support.common import REPO_ROOT, free_port, release_ray, wait_until_healthy
 from tests.support.serve_process import ServeRun
 
 pytestmark = [pytest.mark.cli, pytest.mark.browser]
 
-CHROMIUM = Path(os.environ.get("VLGRAPH_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("VLGRAPH_CHROMEDRIVER", "/usr/bin/chromedriver"))
 SCREENSHOTS = Path(
     os.environ.get("VLGRAPH_SCREENSHOT_DIR", REPO_ROOT / "test-artifacts" / "screenshots")
 )
 EXAMPLES = REPO_ROOT / "images"
-DESKTOP = (1280, 1000)
 PHONE_WIDTH = 360
 TABS = ("caption", "questions", "generate", "similar", "embed")
 #: What Chrome logs for every 4xx/5xx answer; the tests send bad files on purpose.
@@ -66,27 +64,7 @@ def page_url(checkpoint_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """Headless Chromium from Debian's package, driven by Debian's chromedriver."""
-    for needed, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not needed.exists():
-            pytest.fail(f"{needed} is missing: install Debian's {package} (see README)")
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not try to download anything
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
-        "--lang=en-US",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    browser.set_script_timeout(30)
+    browser = start_chromium()
     try:
         yield browser
     finally:

@@ -343,3 +343,20 @@ def test_missing_weights_are_reported_fast(user_env, tmp_path: Path) -> None:
         assert "vlgraph-fetch" in server.output
     finally:
         server.stop()
+
+
+def test_the_gpu_profile_refuses_to_start_without_an_api_key(user_env, tmp_path: Path) -> None:
+    """``serve run serve_config.yaml`` (the Docker image's profile) with no key: the build
+    stops before any model is looked for, saying how to set a key or open the service."""
+    document = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    document["http_options"].update(host="127.0.0.1", port=free_port())
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    env = {k: v for k, v in user_env.items() if k not in ("VLGRAPH_API_KEYS", "VLGRAPH_ACCESS")}
+    server = ServeRun(path, env)
+    try:
+        server.wait_for_output(r"no API key is configured", timeout_s=90)
+        assert "VLGRAPH_API_KEYS=name:key" in server.output
+        assert "vlgraph-keys new NAME" in server.output and "VLGRAPH_ACCESS=open" in server.output
+    finally:
+        server.stop()

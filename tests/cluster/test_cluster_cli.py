@@ -10,6 +10,7 @@ package (``pip install``), the way the Docker image ships it: no ``working_dir``
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -23,9 +24,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.cluster_profile import SERVE_CONFIG, tiny_gpu_application
+from tests.support.cluster_profile import CLUSTER_API_KEY, SERVE_CONFIG, tiny_gpu_application
 from tests.support.common import free_port, release_ray
 from tests.support.listening import listening_addresses
+from vlgraph.access_config import hash_key
 
 pytestmark = pytest.mark.cli
 
@@ -106,21 +108,27 @@ def serve_status(cluster: LocalCluster) -> dict:
     return yaml.safe_load(result.stdout)
 
 
-def test_serve_deploy_then_serve_status_shows_every_deployment_healthy(
-    local_cluster: LocalCluster,
-) -> None:
-    deployed = local_cluster.cli("deploy", str(local_cluster.config_file))
+def deploy_and_wait(cluster: LocalCluster, config_file: Path) -> dict:
+    """``serve deploy`` the file and wait until the application is RUNNING; its status."""
+    deployed = cluster.cli("deploy", str(config_file))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-
     deadline = time.monotonic() + 420
     while True:
-        status = serve_status(local_cluster)
+        status = serve_status(cluster)
         application = (status.get("applications") or {}).get("vlgraph", {})
         if application.get("status") in ("RUNNING", "DEPLOY_FAILED"):
             break
         assert time.monotonic() < deadline, f"not running after 420 s:\n{status}"
         time.sleep(2)
     assert application["status"] == "RUNNING", application
+    return status
+
+
+def test_serve_deploy_then_serve_status_shows_every_deployment_healthy(
+    local_cluster: LocalCluster,
+) -> None:
+    status = deploy_and_wait(local_cluster, local_cluster.config_file)
+    application = status["applications"]["vlgraph"]
     deployments = application["deployments"]
     # Every model of serve_config.yaml plus the ingress and the pipeline.
     assert len(deployments) >= 11, sorted(deployments)
@@ -131,6 +139,89 @@ def test_serve_deploy_then_serve_status_shows_every_deployment_healthy(
     health = httpx.get(local_cluster.url + "/healthz", timeout=30)
     assert health.status_code == 200, health.text
     assert health.json()["profile"] == "gpu"
+    # serve_config.yaml asks for API keys: the cluster's one opens the API, nothing else does.
+    assert httpx.get(local_cluster.url + "/api/models", timeout=30).status_code == 401
+    keyed = httpx.get(
+        local_cluster.url + "/api/models", headers={"X-API-Key": CLUSTER_API_KEY}, timeout=30
+    )
+    assert keyed.status_code == 200, keyed.text
+
+
+def ingress_replicas(cluster: LocalCluster) -> set[str]:
+    """Actor ids of the live ingress replicas (``ray list actors`` on the dashboard)."""
+    listed = run(
+        [
+            str(BIN / "ray"), "list", "actors", "--address", cluster.dashboard,
+            "--filter", "state=ALIVE", "--limit", "10000", "--format", "json",
+        ],
+        cluster.env,
+        cluster.folder,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    return {
+        actor["actor_id"]
+        for actor in json.loads(listed.stdout)
+        if actor["class_name"] == "ServeReplica:vlgraph:ingress"
+    }
+
+
+def test_a_key_rotated_by_serve_deploy_applies_without_restarting_replicas(
+    local_cluster: LocalCluster,
+) -> None:
+    """docs/access.md's rotation: the ingress's user_config with the new key, ``serve
+    deploy`` again; every ingress replica takes it in place (same actors), the old key is
+    refused."""
+    deploy_and_wait(local_cluster, local_cluster.config_file)
+    before = ingress_replicas(local_cluster)
+    assert len(before) == 2, before  # serve_config.yaml's two ingress replicas
+    new_key = "vlg-rotated-cluster-key-0123456789abcdef"
+    document = yaml.safe_load(local_cluster.config_file.read_text())
+    application = document["applications"][0]
+    # The ingress's own user_config, as docs/access.md shows: Serve applies it in place
+    # (a change of the application's args would rebuild every deployment).
+    application.setdefault("deployments", []).append(
+        {
+            "name": "ingress",
+            "user_config": {
+                "access": {
+                    "mode": "keys",
+                    "keys": [{"name": "cluster-tests", "sha256": hash_key(new_key)}],
+                    "limits": application["args"]["access"]["limits"],
+                }
+            },
+        }
+    )
+    rotated = local_cluster.folder / "rotated.yaml"
+    rotated.write_text(yaml.safe_dump(document, sort_keys=False))
+    try:
+        deploy_and_wait(local_cluster, rotated)
+        deadline = time.monotonic() + 60
+        while True:
+            answer = httpx.get(
+                local_cluster.url + "/v1/models", headers={"X-API-Key": new_key}, timeout=30
+            )
+            if answer.status_code == 200:
+                break
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        for _ in range(8):  # fresh connections reach both replicas
+            assert (
+                httpx.get(
+                    local_cluster.url + "/v1/models",
+                    headers={"Authorization": f"Bearer {new_key}"},
+                    timeout=30,
+                ).status_code
+                == 200
+            )
+            old = httpx.get(
+                local_cluster.url + "/v1/models",
+                headers={"Authorization": f"Bearer {CLUSTER_API_KEY}"},
+                timeout=30,
+            )
+            assert old.status_code == 401 and old.json()["error"]["code"] == "invalid_key"
+        assert ingress_replicas(local_cluster) == before, "an ingress replica was restarted"
+    finally:
+        deploy_and_wait(local_cluster, local_cluster.config_file)
 
 
 def test_cluster_refuses_a_client_without_the_token(local_cluster: LocalCluster) -> None:

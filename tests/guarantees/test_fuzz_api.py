@@ -20,7 +20,6 @@ met before; its seed is printed, and a failure names the command that replays it
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from tests.support.common import (
 )
 from tests.support.fuzz_hooks import image_for_url_path
 from tests.support.guarantees import record_figures
+from tests.support.seeds import SEED_VARIABLE, fresh_seed
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,6 @@ SEED = 20261122
 FRESH_MAX_EXAMPLES = 10
 FRESH_PHASES = "fuzzing,stateful"
 #: Set to replay a fresh-seed run (its seed is printed and in its failure message).
-SEED_VARIABLE = "VLGRAPH_FUZZ_SEED"
 REPLAY = f"{SEED_VARIABLE}={{seed}} pytest tests/guarantees/test_fuzz_api.py -k fresh"
 
 
@@ -66,17 +65,6 @@ class FuzzRun:
     phases: str | None  # None: every phase
     suite: str  # the tests/support/guarantees.py suite its figures are recorded as
     replay: str
-
-
-def fresh_seed() -> int:
-    """``$VLGRAPH_FUZZ_SEED``, else a seed nobody chose (from the OS's randomness)."""
-    chosen = os.environ.get(SEED_VARIABLE, "").strip()
-    if chosen:
-        try:
-            return int(chosen)
-        except ValueError:
-            pytest.fail(f"{SEED_VARIABLE}={chosen!r} is not an integer seed")
-    return random.SystemRandom().randrange(2**32)
 
 
 @pytest.fixture(params=["fixed", "fresh"])

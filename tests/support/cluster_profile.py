@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.common import REPO_ROOT
+from vlgraph.access_config import hash_key
 from vlgraph.profiles import load_application, model_slots, with_sources
 from vlgraph.tiny import ensure_checkpoint
 
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
+#: The API key of the cluster tests' deployments (serve_config.yaml requires one).
+CLUSTER_API_KEY = "vlgraph-cluster-tests-key-0123456789"
 
 
 def tiny_gpu_application(
     checkpoint_cache: Path, folder: Path, replicas: int | None = None
 ) -> dict[str, Any]:
-    """serve_config.yaml's application with tiny CPU models, its files under ``folder``.
+    """serve_config.yaml's application with tiny CPU models, its files under ``folder``, and
+    :data:`CLUSTER_API_KEY` as its one API key.
 
     ``replicas`` replaces every model's autoscaling with that fixed count (one replica of
     every model resident at once: what "packs onto one GPU" means)."""
@@ -41,6 +45,10 @@ def tiny_gpu_application(
     args["ingress"] = {**args["ingress"], "image_root": str(folder / "images")}
     args["store"] = {**args["store"], "data_dir": str(folder / "data")}
     args["checkpoint_cache_dir"] = str(checkpoint_cache)
+    args["access"] = {
+        **args.get("access", {}),
+        "keys": [{"name": "cluster-tests", "sha256": hash_key(CLUSTER_API_KEY)}],
+    }
     return {**application, "args": args}
 
 

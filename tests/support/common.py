@@ -121,6 +121,7 @@ def similar_image_app_args(checkpoint_cache: Path, generator: str) -> dict:
             "deployment": {"max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 0.1}},
         },
         "generator": tiny_generator_config(generator),
+        "access": {"mode": "open"},
     }
 
 
@@ -137,6 +138,8 @@ def make_test_config(
             # has its own app in test_cache_http.py.
             "cache": {"backend": "none"},
             "admin": {"api_key": TEST_ADMIN_KEY, "debug": False},
+            # As the offline profile: no key (the access tests run an app of their own).
+            "access": {"mode": "open"},
             "ingress": {
                 "image_root": str(image_root),
                 "max_image_bytes": TEST_MAX_IMAGE_BYTES,

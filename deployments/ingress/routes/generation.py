@@ -26,6 +26,7 @@ from pydantic import (
     create_model,
 )
 
+from deployments.ingress.callers import record_images
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.uploads import (
@@ -329,6 +330,7 @@ async def _generation_events(
             if event.kind == "step":
                 yield _event("step", {"step": event.step, "total_steps": event.total_steps})
             elif event.result is not None and event.result.error is None:
+                record_images(model, event.result)
                 yield _event("image", generated_image(model, generation, event.result))
             else:
                 yield _error_event(event.result.error if event.result else None)
@@ -346,6 +348,7 @@ async def _pipeline_events(
             elif event.kind == "step":
                 yield _event("step", {"step": event.step, "total_steps": event.total_steps})
             elif event.kind == "image" and event.result is not None:
+                record_images(model, event.result)
                 generation = _with_prompt(request.generation, event.result.caption)
                 response = SimilarImageResponse(
                     caption=event.result.caption,

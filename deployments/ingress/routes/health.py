@@ -145,7 +145,7 @@ def router(context: IngressContext) -> APIRouter:
         generators=settings.generators,
         overload_statuses=settings.overload_statuses,
     )
-    described: dict[str, Any] = {}
+    described: dict[bool, Any] = {}
 
     @routes.get(
         "/",
@@ -172,17 +172,19 @@ def router(context: IngressContext) -> APIRouter:
     @routes.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> JSONResponse:
         """This service's OpenAPI description, with its profile's limits and models."""
-        if "document" not in described:
+        keys_required = context.access.rules.mode == "keys"  # rules change live
+        if keys_required not in described:
             app = request.app
-            described["document"] = service_openapi(
+            described[keys_required] = service_openapi(
                 title=app.title,
                 version=app.version,
                 description=app.description,
                 routes=app.routes,
                 limits=limits,
                 root_path=request.scope.get("root_path", "").rstrip("/"),
+                keys_required=keys_required,
             )
-        return JSONResponse(described["document"])
+        return JSONResponse(described[keys_required])
 
     @routes.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:

@@ -79,6 +79,7 @@ def test_cors_preflight_from_the_allowed_origin_is_answered(strict_app: Backgrou
     assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "POST" in response.headers["access-control-allow-methods"]
     assert "X-API-Key" in response.headers["access-control-allow-headers"]
+    assert "Authorization" in response.headers["access-control-allow-headers"]
     assert "Origin" in response.headers["vary"]
     assert response.headers["x-content-type-options"] == "nosniff"
     tally(200, None)
@@ -140,7 +141,8 @@ def test_cors_simple_requests_open_only_to_the_allowed_origin(
     if origin == ALLOWED_ORIGIN:
         assert cors_headers(response) == {
             "access-control-allow-origin": ALLOWED_ORIGIN,
-            "access-control-expose-headers": "X-Request-ID, Retry-After",
+            "access-control-expose-headers": "X-Request-ID, Retry-After, RateLimit-Limit, "
+            "RateLimit-Remaining, RateLimit-Reset",
         }, response.headers
     else:
         assert cors_headers(response) == {}, response.headers

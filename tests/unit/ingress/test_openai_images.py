@@ -85,7 +85,7 @@ def test_stream_events_are_openais_and_an_error_is_one_the_client_raises() -> No
         yield last
 
     async def sent(last: GenerationEvent) -> list[tuple[str, dict]]:
-        blocks = [block async for block in _openai_events(replica(last), described)]
+        blocks = [block async for block in _openai_events("sd", replica(last), described)]
         pairs = [dict(line.split(": ", 1) for line in b.strip().splitlines()) for b in blocks]
         return [(pair["event"], json.loads(pair["data"])) for pair in pairs]
 

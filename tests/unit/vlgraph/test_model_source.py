@@ -44,7 +44,11 @@ def test_offline_hub_fails_at_once(empty_hub_cache, monkeypatch, tmp_path: Path)
 def test_unreachable_hub_fails_fast_at_build(empty_hub_cache, monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     config = AppConfig.model_validate(
-        {"checkpoint_cache_dir": str(tmp_path), "models": {"blip": {"source": HUB_ID}}}
+        {
+            "checkpoint_cache_dir": str(tmp_path),
+            "models": {"blip": {"source": HUB_ID}},
+            "access": {"mode": "open"},
+        }
     )
     started = time.monotonic()
     with pytest.raises(ModelUnavailableError) as raised:

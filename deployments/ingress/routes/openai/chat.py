@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from deployments.ingress.callers import record_tokens
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.openapi import MODEL_NAMES
@@ -269,9 +270,10 @@ async def _starting_with(first: ChatDelta, rest: AsyncIterator[ChatDelta]):
         yield delta
 
 
-def _usage(result: ChatResult, restricted: bool) -> CompletionUsage | None:
+def _usage(model: str, result: ChatResult, restricted: bool) -> CompletionUsage | None:
     if restricted:  # the captioners and the answerer do not count tokens
         return None
+    record_tokens(model, result.prompt_tokens, result.completion_tokens)
     return CompletionUsage(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
@@ -295,7 +297,7 @@ def completion(model: str, mode: ChatMode, result: ChatResult) -> ChatCompletion
                     "logprobs": None,
                 }
             ],
-            "usage": _usage(result, _restricted_mode(mode)),
+            "usage": _usage(model, result, _restricted_mode(mode)),
         }
     )
 
@@ -337,7 +339,7 @@ async def completion_chunks(
                 return
             else:
                 yield chunk(choice({}, result.finish_reason or "stop"))
-                usage = _usage(result, _restricted_mode(mode))
+                usage = _usage(model, result, _restricted_mode(mode))
                 if include_usage and usage is not None:
                     yield chunk([], usage)
     except ServiceError as error:

@@ -23,6 +23,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types import Embedding as OpenAIEmbedding
 from pydantic import Field
 
+from deployments.ingress.callers import record_tokens
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.openapi import MODEL_NAMES
@@ -184,6 +185,7 @@ def router(context: IngressContext) -> APIRouter:
                 param="dimensions",
             )
         tokens = sum(count for _, count in results)
+        record_tokens(body.model, tokens)
         answer = {
             "object": "list",
             "model": body.model,

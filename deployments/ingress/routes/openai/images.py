@@ -39,6 +39,7 @@ from openai.types import (
 from openai.types.image_gen_completed_event import Usage, UsageInputTokensDetails
 from pydantic import ConfigDict, Field, WithJsonSchema, create_model
 
+from deployments.ingress.callers import record_images
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.gateway import PIPELINE
@@ -387,11 +388,15 @@ class Images:
             "output_format": "png",
         }
         return StreamingResponse(
-            _openai_events(events, described), media_type="text/event-stream", headers=SSE_HEADERS
+            _openai_events(model, events, described),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
 
 
-async def _openai_events(events: AsyncIterator, described: dict[str, str]) -> AsyncIterator[str]:
+async def _openai_events(
+    model: str, events: AsyncIterator, described: dict[str, str]
+) -> AsyncIterator[str]:
     """``image_generation.partial_image`` events, then ``image_generation.completed``, or an
     error event the ``openai`` client raises as ``APIError``."""
     try:
@@ -401,6 +406,7 @@ async def _openai_events(events: AsyncIterator, described: dict[str, str]) -> As
             if event.kind == "partial_image":
                 yield _partial_image(event, described)
             elif event.kind == "image" and event.result.error is None:
+                record_images(model, event.result)
                 completed = ImageGenCompletedEvent(
                     type="image_generation.completed",
                     b64_json=_base64(event.result.image_png),

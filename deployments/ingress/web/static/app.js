@@ -5,6 +5,10 @@
  * similar image and embeddings. Plain ES2020, no framework, no external request;
  * every URL is relative so the page also works under a route prefix.
  *
+ * When the service asks for an API key (a 401), the key panel asks the person for one; the
+ * key is kept in sessionStorage (this tab only, never localStorage, a cookie or a URL) and
+ * sent by request() as `Authorization: Bearer KEY` to this page's own origin only.
+ *
  * Layout of this file: small DOM and HTTP helpers, then one block per panel, then start-up.
  */
 "use strict";
@@ -18,7 +22,20 @@ const state = {
   questionsServed: true,
   historyItems: new Map(), // image_id -> the last history page's item
   similarUrl: null, // object URL of the similar panel's original
+  storedImages: new Map(), // image_id -> object URL of a stored image fetched with the key
 };
+
+/** Where the API key lives: this tab's sessionStorage, under this name. */
+const KEY_STORAGE = "vlgraph-api-key";
+
+const KEY_MESSAGES = {
+  needed: "This service needs an API key. Enter it to continue; it is kept for this tab only.",
+  refused: "The API key was refused: it may be wrong, revoked or rotated. Enter a current key.",
+};
+
+/** The model menus and the buttons that need the served models. */
+const MODEL_MENUS = ["caption-model", "generate-model", "similar-model"];
+const TOOL_BUTTONS = ["caption-submit", "upload-submit", "generate-submit", "similar-submit", "embed-submit"];
 
 /* ---------- DOM helpers ---------- */
 
@@ -51,8 +68,15 @@ function hideImage(img) {
 
 /* ---------- Errors ---------- */
 
-/** The server answered an error; `message` is already in plain words. */
-class ApiError extends Error {}
+/** The server answered an error; `message` is already in plain words. `status` and `code`
+ * (the body's error.code) are set when the error came from an answer. */
+class ApiError extends Error {
+  constructor(message, status = 0, code = "") {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
 
 /** The request never got an answer. */
 class NetworkError extends Error {}
@@ -68,37 +92,84 @@ function clearError(id) {
   $(id).textContent = "";
 }
 
-/** The plain-words message of a non-2xx response: error.message, detail, the status. */
-async function responseError(response) {
+/** The rate limiter's refusals (429), as opposed to a full queue's. */
+const RATE_LIMIT_CODES = new Set(["rate_limited", "too_many_in_flight"]);
+
+/** Seconds to wait from a Retry-After header (seconds or an HTTP date); null without one. */
+function retryAfterSeconds(response) {
+  const value = (response.headers.get("Retry-After") || "").trim();
+  if (!value) return null;
+  if (/^\d+$/.test(value)) return Math.max(1, Number(value));
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(1, Math.ceil((date - Date.now()) / 1000));
+}
+
+/** The server's own words for a non-2xx response: error.message, detail, the status. */
+function serverMessage(response, body) {
+  if (body && body.error && typeof body.error.message === "string") return body.error.message;
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.detail)) {
+    const messages = body.detail.map((item) => item && item.msg).filter(Boolean);
+    if (messages.length) return messages.join("; ");
+  }
+  const status = response.statusText || "the request was refused";
+  return `${status} (HTTP ${response.status})`;
+}
+
+/** The plain-words error of a non-2xx response; 401 and 429 say what to do. */
+async function responseError(response, sentKey) {
   let body = null;
   try {
     body = await response.json();
   } catch (_) {
     body = null;
   }
-  if (body && body.error && typeof body.error.message === "string") {
-    return new ApiError(body.error.message);
+  const code = body && body.error && typeof body.error.code === "string" ? body.error.code : "";
+  let message = serverMessage(response, body);
+  if (response.status === 401) {
+    message = "Not authorized: this service needs a valid API key (enter it above).";
+  } else if (response.status === 429 && (RATE_LIMIT_CODES.has(code) || !code)) {
+    const seconds = retryAfterSeconds(response);
+    const whose = sentKey ? "for this key" : "from this address";
+    if (seconds !== null) {
+      message = `Too many requests ${whose}: try again in ${seconds} second${seconds === 1 ? "" : "s"}.`;
+    }
   }
-  if (body && typeof body.detail === "string") return new ApiError(body.detail);
-  if (body && Array.isArray(body.detail)) {
-    const messages = body.detail.map((item) => item && item.msg).filter(Boolean);
-    if (messages.length) return new ApiError(messages.join("; "));
-  }
-  const status = response.statusText || "the request was refused";
-  return new ApiError(`${status} (HTTP ${response.status})`);
+  return new ApiError(message, response.status, code);
 }
 
 /* ---------- HTTP ---------- */
 
-/** fetch that turns a failed connection into a NetworkError and a non-2xx into an ApiError. */
+/** Whether `url` is on this page's origin (the only one the API key is ever sent to). */
+function sameOrigin(url) {
+  try {
+    return new URL(url, document.baseURI).origin === window.location.origin;
+  } catch (_) {
+    return false;
+  }
+}
+
+/**
+ * fetch that turns a failed connection into a NetworkError and a non-2xx into an ApiError.
+ * With a stored API key it adds `Authorization: Bearer KEY` (same origin only); a 401 opens
+ * the key panel.
+ */
 async function request(url, options = {}) {
+  const key = storedKey();
+  const headers = new Headers(options.headers || {});
+  const sentKey = Boolean(key) && sameOrigin(url);
+  if (sentKey) headers.set("Authorization", `Bearer ${key}`);
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, { ...options, headers });
   } catch (error) {
     throw new NetworkError(error.message || String(error));
   }
-  if (!response.ok) throw await responseError(response);
+  if (!response.ok) {
+    const error = await responseError(response, sentKey);
+    if (response.status === 401) keyRefused(error.code, sentKey ? key : "");
+    throw error;
+  }
   return response;
 }
 
@@ -247,6 +318,28 @@ function fillMenu(select, models, preferred) {
   if (models.some((model) => model.name === preferred)) select.value = preferred;
 }
 
+/** Undo what applyModels and lockTools did, before the served models are applied again. */
+function resetModels() {
+  served.clear();
+  for (const note of document.querySelectorAll(".not-served")) note.remove();
+  state.questionsServed = true;
+  for (const id of MODEL_MENUS) $(id).disabled = false;
+  for (const id of TOOL_BUTTONS) $(id).disabled = false;
+  updateQuestionButton();
+}
+
+/** No model list (the service wants a key): empty, disabled menus and buttons. */
+function lockTools() {
+  served.clear();
+  for (const id of MODEL_MENUS) {
+    $(id).replaceChildren();
+    $(id).disabled = true;
+  }
+  for (const id of TOOL_BUTTONS) $(id).disabled = true;
+  $("question-submit").disabled = true;
+  updateCollective();
+}
+
 function markNotServed(panelId, text, buttonIds) {
   const panel = $(panelId);
   const note = el("p", "not-served", text);
@@ -255,6 +348,7 @@ function markNotServed(panelId, text, buttonIds) {
 }
 
 function applyModels(models, catalog) {
+  resetModels();
   for (const model of catalog) served.set(model.name, model);
   const random = catalog.filter((model) => model.random_weights).map((model) => model.label);
   $("offline-random").textContent = random.length
@@ -303,6 +397,8 @@ function showHealth(health) {
   $("offline-notice").hidden = health.random_weights !== true && health.offline_world !== true;
 }
 
+/** The status line (GET ., open to all), then the model menus (GET api/models, which may
+ * need the API key: on a 401 the key panel asks for it and the tools wait). */
 async function loadHealth() {
   try {
     const health = await requestJson(".", { headers: { Accept: "application/json" } });
@@ -310,12 +406,108 @@ async function loadHealth() {
     const catalog = await requestJson("api/models");
     applyModels(Array.isArray(health.models) ? health.models : [], catalog.models || []);
   } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      lockTools();
+      return;
+    }
     const status = $("service-status");
     status.className = "service-status down";
     status.textContent = error instanceof NetworkError
       ? `The server did not answer: ${error.message}`
       : `Health check failed: ${error.message}`;
   }
+}
+
+/* ---------- API key ---------- */
+
+/** The API key kept for this tab; "" when none (or when the browser keeps no storage). */
+function storedKey() {
+  try {
+    return window.sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch (_) {
+    return "";
+  }
+}
+
+function showForgetButton() {
+  $("api-key-forget").hidden = !storedKey();
+}
+
+/** Show the key panel with the message for `reason` ("needed" or "refused"). */
+function askForKey(reason) {
+  const panel = $("api-key-panel");
+  const opening = panel.hidden;
+  $("api-key-message").textContent = KEY_MESSAGES[reason];
+  $("api-key-message").classList.toggle("refused", reason === "refused");
+  panel.hidden = false;
+  if (opening) $("api-key-input").focus();
+}
+
+/** A request answered 401: a key that was refused is dropped, and the panel asks again. */
+function keyRefused(code, sentKey) {
+  if (sentKey && sentKey === storedKey()) {
+    try {
+      window.sessionStorage.removeItem(KEY_STORAGE);
+    } catch (_) {
+      // nothing stored, nothing to drop
+    }
+  }
+  showForgetButton();
+  askForKey(code === "missing_key" ? "needed" : "refused");
+}
+
+function clearErrors() {
+  for (const line of document.querySelectorAll(".panel-error")) line.textContent = "";
+}
+
+/** Keep the key for this tab and do again what the page did at load. */
+function submitKey() {
+  const input = $("api-key-input");
+  const key = input.value.trim();
+  const message = $("api-key-message");
+  if (!key) {
+    message.textContent = "Enter the API key first.";
+    input.focus();
+    return;
+  }
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    message.textContent = "An API key has no spaces or accented letters: paste it as it was given.";
+    input.focus();
+    return;
+  }
+  try {
+    window.sessionStorage.setItem(KEY_STORAGE, key);
+  } catch (_) {
+    message.textContent = "This browser keeps nothing for this tab (storage is off), so the key cannot be used.";
+    return;
+  }
+  input.value = "";
+  $("api-key-panel").hidden = true;
+  showForgetButton();
+  clearErrors();
+  loadHealth();
+}
+
+/** Drop the key; the page asks again at the next request that needs one. */
+function forgetKey() {
+  try {
+    window.sessionStorage.removeItem(KEY_STORAGE);
+  } catch (_) {
+    // nothing stored
+  }
+  for (const url of state.storedImages.values()) URL.revokeObjectURL(url);
+  state.storedImages.clear();
+  showForgetButton();
+  loadHealth();
+}
+
+function setUpKey() {
+  $("api-key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitKey();
+  });
+  $("api-key-forget").addEventListener("click", forgetKey);
+  showForgetButton();
 }
 
 /* ---------- 1. Caption ---------- */
@@ -471,13 +663,29 @@ function chooseImage(imageId, src, caption, questions) {
   updateQuestionButton();
 }
 
+/** The src of a stored image: its relative URL, or, when an API key is kept (an <img> cannot
+ * send it), an object URL of the bytes fetched with the key. */
+async function storedImageSrc(imageId) {
+  const path = `images/${encodeURIComponent(imageId)}`;
+  if (!storedKey()) return path;
+  if (state.storedImages.has(imageId)) return state.storedImages.get(imageId);
+  const response = await request(path, { headers: { Accept: "image/*" } });
+  const url = URL.createObjectURL(await response.blob());
+  state.storedImages.set(imageId, url);
+  return url;
+}
+
 function historyItem(item) {
   const li = el("li", "history-item");
   li.dataset.imageId = item.image_id;
   li.tabIndex = 0;
   li.classList.toggle("selected", item.image_id === state.imageId);
   const img = el("img");
-  img.src = `images/${encodeURIComponent(item.image_id)}`;
+  if (storedKey()) {
+    storedImageSrc(item.image_id).then((src) => { img.src = src; }).catch(() => {});
+  } else {
+    img.src = `images/${encodeURIComponent(item.image_id)}`;
+  }
   img.alt = item.filename ? `Stored image ${item.filename}` : "Stored image";
   img.loading = "lazy";
   const text = el("div", "history-text");
@@ -524,7 +732,7 @@ async function submitUpload() {
     const answer = await requestJson("upload", { method: "POST", body: form });
     const src = answer.image
       ? `data:${answer.media_type};base64,${answer.image}`
-      : `images/${encodeURIComponent(answer.image_id)}`;
+      : await storedImageSrc(answer.image_id);
     chooseImage(answer.image_id, src, answer.caption, []);
     refreshHistory();
   } catch (error) {
@@ -809,6 +1017,7 @@ function setUpEmbed() {
 /* ---------- Start-up ---------- */
 
 function start() {
+  setUpKey();
   setUpTabs();
   setUpCaption();
   setUpQuestions();
