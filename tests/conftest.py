@@ -133,7 +133,7 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def keyed_app(
     ray_instance: int,
     checkpoint_cache: Path,
@@ -142,7 +142,8 @@ def keyed_app(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[KeyedApp]:
     """A small app that requires API keys (tests/support/access.py), for the access tests
-    and the security suite."""
+    and the security suite; one per module, removed when it ends, so that its replicas do
+    not hold CPUs the next module's app needs."""
     from ray import serve
 
     from tests.support.access import APP_NAME, ROUTE_PREFIX
