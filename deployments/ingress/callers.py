@@ -14,6 +14,7 @@ from typing import Any
 
 from deployments.ingress.rate_limits import CallerBudgets
 from vlgraph.access_config import AccessRules, ApiKey, hash_key
+from vlgraph.messages import GenerationResult
 from vlgraph.service_metrics import service_metrics
 
 logger = logging.getLogger("ray.serve")
@@ -78,8 +79,6 @@ def record_tokens(model: str, prompt: int, completion: int = 0) -> None:
 def record_images(model: str, results: Any) -> None:
     """Count the generated images among ``results`` (one result, or a tuple of them) under
     the running request's caller."""
-    from vlgraph.messages import GenerationResult
-
     items = results if isinstance(results, tuple | list) else (results,)
     # The similar-image pipeline's result holds its generation.
     items = [getattr(item, "generation", item) for item in items]

@@ -10,7 +10,6 @@ only), sends it as ``Authorization: Bearer KEY`` and says 401 and 429 in words
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -33,9 +32,8 @@ from tests.browser.test_web_page import (
     text,
     wait_for,
 )
-from tests.support.browser import start_chromium
-from tests.support.common import REPO_ROOT, free_port, release_ray, wait_until_healthy
-from tests.support.serve_process import ServeRun
+from tests.support.browser import chromium, served_page
+from tests.support.common import REPO_ROOT
 from vlgraph.access_config import KEYS_ENV, MODE_ENV, hash_key
 
 pytestmark = [pytest.mark.cli, pytest.mark.browser]
@@ -83,34 +81,17 @@ def keyed_profile(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def keyed_url(checkpoint_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``PORT=... vlgraph-serve`` of the keyed profile until the module ends."""
-    release_ray()
-    port = free_port()
     folder = tmp_path_factory.mktemp("page-access")
-    drop = {"IMAGE_ROOT", KEYS_ENV, MODE_ENV}
-    env = {key: value for key, value in os.environ.items() if key not in drop}
-    env.update(
-        VLGRAPH_CACHE_DIR=str(checkpoint_cache),
-        VLGRAPH_DATA_DIR=str(folder / "data"),
-        PORT=str(port),
-        VLGRAPH_SERVE_MODE="throughput",  # the Docker image's mode, as test_web_page.py
-    )
-    server = ServeRun(keyed_profile(folder), env, ("vlgraph-serve",))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, timeout_s=240)
+    profile = keyed_profile(folder)
+    with served_page(profile, checkpoint_cache, folder / "data", {KEYS_ENV, MODE_ENV}) as url:
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """Headless Chromium from Debian's package, driven by Debian's chromedriver."""
-    browser = start_chromium()
-    try:
+    with chromium() as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 @pytest.fixture

@@ -22,9 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import start_chromium
-from tests.support.common import REPO_ROOT, free_port, release_ray, wait_until_healthy
-from tests.support.serve_process import ServeRun
+from tests.support.browser import chromium, served_page
+from tests.support.common import REPO_ROOT
 
 pytestmark = [pytest.mark.cli, pytest.mark.browser]
 
@@ -42,33 +41,17 @@ FAILED_LOAD = "Failed to load resource"
 def page_url(checkpoint_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``PORT=... vlgraph-serve configs/offline.yaml``, as a user starts it, until the module
     ends."""
-    release_ray()
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "IMAGE_ROOT"}
-    env.update(
-        VLGRAPH_CACHE_DIR=str(checkpoint_cache),
-        VLGRAPH_DATA_DIR=str(tmp_path_factory.mktemp("page-data")),
-        PORT=str(port),
-        # The Docker image's mode: HAProxy straight to the ingress replica (SSE included).
-        VLGRAPH_SERVE_MODE="throughput",
-    )
-    server = ServeRun("configs/offline.yaml", env, ("vlgraph-serve",))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, timeout_s=240)
+    with served_page(
+        "configs/offline.yaml", checkpoint_cache, tmp_path_factory.mktemp("page-data")
+    ) as url:
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """Headless Chromium from Debian's package, driven by Debian's chromedriver."""
-    browser = start_chromium()
-    try:
+    with chromium() as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 @pytest.fixture

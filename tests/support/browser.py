@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,42 @@ def start_chromium() -> Any:
     browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     browser.set_script_timeout(30)
     return browser
+
+
+@contextlib.contextmanager
+def served_page(
+    profile: str | Path, checkpoint_cache: Path, data_dir: Path, drop: set[str] = frozenset()
+) -> Iterator[str]:
+    """``PORT=... vlgraph-serve PROFILE`` as a user starts it, in the Docker image's mode
+    (HAProxy straight to the ingress replica, SSE included), until the block ends; its URL.
+    ``drop``: environment variables the server must not see (beside ``IMAGE_ROOT``)."""
+    from tests.support.common import free_port, release_ray, wait_until_healthy
+    from tests.support.serve_process import ServeRun
+
+    release_ray()
+    port = free_port()
+    hidden = {"IMAGE_ROOT", *drop}
+    env = {key: value for key, value in os.environ.items() if key not in hidden}
+    env.update(
+        VLGRAPH_CACHE_DIR=str(checkpoint_cache),
+        VLGRAPH_DATA_DIR=str(data_dir),
+        PORT=str(port),
+        VLGRAPH_SERVE_MODE="throughput",
+    )
+    server = ServeRun(str(profile), env, ("vlgraph-serve",))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, timeout_s=240)
+        yield url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """:func:`start_chromium` until the block ends."""
+    browser = start_chromium()
+    try:
+        yield browser
+    finally:
+        browser.quit()
