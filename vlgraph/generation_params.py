@@ -15,7 +15,7 @@ re-exported here): the request model above, the OpenAPI document and the generat
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -45,6 +45,14 @@ def _whole_number(value: object) -> object:
 
 #: An integer as JSON Schema defines one: 64 and 64.0, never "64" in a JSON body.
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+def whole_number(ge: int | None = None, le: int | None = None) -> Any:
+    """:data:`WholeNumber` within ``ge`` and ``le``.
+
+    The bounds go before the validator: given as ``Field(ge=...)`` on ``WholeNumber | None``,
+    pydantic checks them but describes them as ``ge``/``le``, which JSON Schema ignores."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_whole_number)]
 
 
 class GenerationSettings(BaseModel):

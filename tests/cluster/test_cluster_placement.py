@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.cluster_profile import gpu_shares, tiny_gpu_application
+from tests.support.cluster_profile import CLUSTER_API_KEY, gpu_shares, tiny_gpu_application
 from tests.support.common import free_port, jpeg_bytes, noise_image, release_ray, wait_until_healthy
 
 pytestmark = pytest.mark.cluster
@@ -174,5 +174,10 @@ def test_every_deployment_of_the_gpu_profile_fits_one_gpu_then_spreads_to_a_seco
     for index in range(4):
         (folder / "images" / f"probe{index}.jpg").write_bytes(jpeg_bytes(noise_image(index)))
         body = {"image_path": f"probe{index}.jpg"}
-        response = httpx.post(cluster.url + "/caption", json=body, timeout=60)
+        response = httpx.post(
+            cluster.url + "/caption",
+            json=body,
+            headers={"X-API-Key": CLUSTER_API_KEY},
+            timeout=60,
+        )
         assert response.status_code == 200, response.text

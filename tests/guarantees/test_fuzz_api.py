@@ -127,7 +127,7 @@ def test_every_operation_passes_every_schemathesis_check(
         "--max-examples", str(fuzz_run.max_examples),
         "--seed", str(fuzz_run.seed),
         "--workers", "2",
-        "--request-timeout", "60",
+        "--request-timeout", "30",
         "--header", f"X-API-Key: {TEST_ADMIN_KEY}",
         "--generation-database", "none",
         "--report", "junit", "--report-dir", str(tmp_path),

@@ -63,6 +63,7 @@ from vlgraph.generation_params import (
     BoundsError,
     GenerationSettings,
     WholeNumber,
+    whole_number,
 )
 from vlgraph.messages import GenerationEvent, GenerationRequest, SimilarImageRequest
 from vlgraph.served_models import Capability
@@ -99,6 +100,10 @@ _NO_USAGE = Usage(
     output_tokens=0,
     total_tokens=0,
 )
+#: ``n``: images per request.
+ImageCount = whole_number(ge=1, le=MAX_IMAGES)
+#: ``partial_images``: intermediate images per stream.
+PartialImageCount = whole_number(ge=0, le=MAX_PARTIAL_IMAGES)
 
 
 class ImageFields(OpenAIBody):
@@ -107,9 +112,7 @@ class ImageFields(OpenAIBody):
     model_config = ConfigDict(json_schema_extra=lambda schema: _closed(schema, {}))
 
     model: str | None = Field(None, description="The generator.")
-    n: WholeNumber = Field(
-        1, ge=1, le=MAX_IMAGES, description="Images to make; image i is drawn with seed + i."
-    )
+    n: ImageCount = Field(1, description="Images to make; image i is drawn with seed + i.")
     size: str | None = Field(
         None,
         description="WIDTHxHEIGHT, each side a multiple of 8 within the generator's bounds, "
@@ -153,10 +156,8 @@ class ImageGenerationFields(ImageFields):
         description="Server-sent events: the partial images, then image_generation.completed "
         "(one image: n=1).",
     )
-    partial_images: int | None = Field(
+    partial_images: PartialImageCount | None = Field(
         None,
-        ge=0,
-        le=MAX_PARTIAL_IMAGES,
         description="Intermediate images a stream sends before the final one (fewer when "
         "there are too few steps).",
     )

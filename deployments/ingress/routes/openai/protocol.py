@@ -13,6 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlgraph.errors import BadRequestError
+from vlgraph.generation_params import MAX_SEED, whole_number
+
+#: A count: 1 or more (4.0 is 4, as JSON Schema has it).
+AtLeastOne = whole_number(ge=1)
+#: A seed: what the generators take.
+Seed = whole_number(ge=0, le=MAX_SEED)
 
 #: Fields OpenAI defines for chat completions and their neutral values: other values are
 #: refused with the reason.
@@ -129,17 +135,17 @@ class ChatCompletionBody(OpenAIBody):
 
     model: str = Field(description="A served model that chats: GET /v1/models.")
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens.")
+    max_tokens: AtLeastOne | None = Field(None, description="Most tokens to generate.")
+    max_completion_tokens: AtLeastOne | None = Field(None, description="Same as max_tokens.")
     temperature: float | None = Field(
         None, ge=0, le=2, description="Unset or 0: greedy decoding (the same reply each time)."
     )
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Repeatable sampling.")
+    seed: Seed | None = Field(None, description="Repeatable sampling.")
     stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1, description="Only 1.")
+    n: AtLeastOne | None = Field(None, description="Only 1.")
     user: str | None = None
 
 
@@ -172,8 +178,18 @@ class EmbeddingsBody(OpenAIBody):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 bytes (the openai client's default)."
     )
-    dimensions: int | None = Field(None, ge=1, description="Only the model's own dimension.")
+    dimensions: AtLeastOne | None = Field(None, description="Only the model's own dimension.")
     user: str | None = None
+
+
+def _same_json_value(value: Any, allowed: Any) -> bool:
+    # JSON compares numbers by value (0 and 0.0 are one value) but never a number with a
+    # boolean, and Python's 0 == False must not let false through where 0 is allowed.
+    if isinstance(value, bool) or isinstance(allowed, bool):
+        return value is allowed
+    if isinstance(value, int | float) and isinstance(allowed, int | float):
+        return value == allowed
+    return type(value) is type(allowed) and value == allowed
 
 
 def refuse_unsupported(body: OpenAIBody, neutral: dict[str, tuple[tuple[Any, ...], str]]) -> None:
@@ -187,9 +203,7 @@ def refuse_unsupported(body: OpenAIBody, neutral: dict[str, tuple[tuple[Any, ...
                 param=name,
             )
         allowed, reason = neutral[name]
-        if "*" not in allowed and not any(
-            (value == ok and type(value) is type(ok)) or value is ok for ok in allowed
-        ):
+        if "*" not in allowed and not any(_same_json_value(value, ok) for ok in allowed):
             raise BadRequestError(
                 f"{reason}: remove {name} or send {allowed[-1]!r}",
                 code="unsupported_field",
