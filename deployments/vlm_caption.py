@@ -14,6 +14,7 @@ a 422 ``prompt_too_long_for_model`` before the model is called.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -39,7 +40,7 @@ from vlgraph.messages import (
     FlagRequest,
     FlagResult,
 )
-from vlgraph.vlm_families import FAMILIES
+from vlgraph.vlm_families import checked_family
 
 _FLAG_SUFFIX = " Answer yes or no."
 
@@ -50,12 +51,14 @@ class VisionLanguageCaptioner(CaptionEntryPoints, FlagEntryPoints, ChatEntryPoin
     batched_methods = ("_caption_batch", "_flag_batch", "_chat_batch")
 
     def __init__(self, config: VisionLanguageConfig, checkpoint_cache_dir: str, name: str):
-        self._family = FAMILIES[config.family]
         self.failure_message = f"the {name} model failed on this input"
         super().__init__(config, checkpoint_cache_dir, name)
 
     def load(self, path: str) -> None:
-        """The family's processor and model, yes/no token ids and context length."""
+        """The family derived from the checkpoint, its processor and model, yes/no token ids
+        and context length."""
+        task = getattr(self._config, "task", "chat")
+        self._family = checked_family(Path(path), self._config.family, self._name, task)
         self._processor, self._model = self._family.load(path, self._dtype, self._device)
         self._generate_kwargs = self._config.generation.generate_kwargs()
         self._yes_ids, self._no_ids = self._family.answer_token_ids(self._processor)

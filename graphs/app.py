@@ -60,7 +60,7 @@ def build_app(args: AppConfig) -> Application:
         config=config.ingress.model_copy(
             update={"image_root": config.ingress.resolved_image_root()}
         ),
-        catalog=catalog(config),
+        catalog=catalog(served),
         cache=config.cache,
         admin=config.admin,
         store=config.store.model_copy(update={"data_dir": config.store.resolved_data_dir()}),

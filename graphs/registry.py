@@ -11,6 +11,7 @@ checkpoint builder: see docs/adding-a-model.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -22,9 +23,12 @@ from deployments.clip_encoder import ClipImageDeployment, ClipTextDeployment
 from deployments.diffusion import DiffusionDeployment
 from deployments.git_caption import GitCaptionDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
-from vlgraph.config import TINY_PREFIX, AppConfig, ModelFamilyConfig
+from vlgraph.config import TINY_PREFIX, AppConfig, ChatModelConfig, ModelFamilyConfig
+from vlgraph.errors import ModelUnavailableError
+from vlgraph.model_source import resolve_model_path
 from vlgraph.served_models import Capability, ModelCatalog, ServedModel
 from vlgraph.tiny import trained_on_world
+from vlgraph.vlm_families import checked_family
 
 CAPTION, FLAG, COLLECTIVE = Capability.CAPTION, Capability.FLAG, Capability.COLLECTIVE
 CHAT = Capability.CHAT
@@ -146,19 +150,58 @@ REGISTRY: tuple[ModelEntry, ...] = (
 )
 
 
+def named_entry(name: str, model: ChatModelConfig, multi_image: bool) -> ModelEntry:
+    """The entry of a model the profile names itself, served by the vision-language
+    deployment: it captions (sets of images too when it reads several at once) and, for
+    task ``chat``, answers flag questions and chats."""
+    capabilities = {CAPTION} | ({COLLECTIVE} if multi_image else set())
+    if model.task == "chat":
+        capabilities |= {FLAG, CHAT}
+    return ModelEntry(
+        name=name,
+        label=model.label or name,
+        section=f"models.{name}",
+        deployment=VisionLanguageDeployment,
+        deployment_name=f"{name}_{model.task}",
+        capabilities=frozenset(capabilities),
+    )
+
+
+def reads_several_images(name: str, model: ChatModelConfig, cache_dir: Path) -> bool:
+    """Whether the named model ``name`` reads several images in one prompt: as the profile
+    says, else as its checkpoint's family does (deriving it also refuses a checkpoint no
+    family serves for the model's task, before any replica starts)."""
+    if model.multi_image is not None:
+        return model.multi_image
+    try:
+        path = resolve_model_path(name, model.source, cache_dir, model.revision, download=False)
+    except ModelUnavailableError as error:
+        raise ModelUnavailableError(
+            f"{error} (or set models.{name}.multi_image, so that the profile is built without "
+            "reading the checkpoint)"
+        ) from None
+    return checked_family(Path(path), model.family, name, model.task).multi_image
+
+
 def served_entries(config: AppConfig) -> list[tuple[ModelEntry, ModelFamilyConfig]]:
-    """The registry's entries that ``config`` serves, each with its model's settings."""
+    """The registry's entries that ``config`` serves, then its named models' entries, each
+    with its model's settings."""
     served = []
     for entry in REGISTRY:
         model = entry.config_of(config)
         if model is not None:
             served.append((entry, model))
+    cache_dir = config.resolved_cache_dir()
+    for name, model in config.models.named().items():
+        entry = named_entry(name, model, reads_several_images(name, model, cache_dir))
+        served.append((entry, model))
     return served
 
 
-def catalog(config: AppConfig) -> ModelCatalog:
-    """Every model name the registry knows, and the ones ``config`` serves."""
+def catalog(served: list[tuple[ModelEntry, ModelFamilyConfig]]) -> ModelCatalog:
+    """Every model name the registry knows, and the ``served`` ones (:func:`served_entries`)."""
+    known = {entry.name: entry.capabilities for entry in REGISTRY}
+    known |= {entry.name: entry.capabilities for entry, _ in served}
     return ModelCatalog(
-        known={entry.name: entry.capabilities for entry in REGISTRY},
-        served=tuple(entry.served_as(model) for entry, model in served_entries(config)),
+        known=known, served=tuple(entry.served_as(model) for entry, model in served)
     )

@@ -8,6 +8,7 @@ in a profile fails at build time with the field's dotted name instead of being i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -316,14 +317,19 @@ def default_sdxl() -> DiffusionConfig:
     )
 
 
-VisionLanguageFamilyName = Literal["blip2", "gemma3", "internvl"]
+VisionLanguageFamilyName = Literal["auto", "blip2", "gemma3", "internvl"]
 
 
 class VisionLanguageConfig(ModelFamilyConfig):
-    """An instruction-following vision-language model (BLIP-2, Gemma 3, InternVL) that captions,
-    answers yes/no flag questions and, for multi-image families, captions a set of images."""
+    """An instruction-following vision-language model (BLIP-2, Gemma 3, InternVL, or any
+    image-text-to-text checkpoint with a chat template) that captions, answers yes/no flag
+    questions, chats and, for multi-image families, captions a set of images."""
 
-    family: VisionLanguageFamilyName = Field(description="Which model architecture loads.")
+    family: VisionLanguageFamilyName = Field(
+        "auto",
+        description="auto: derived from the checkpoint (its config's model_type and chat "
+        "template). A family name is checked against the checkpoint.",
+    )
     caption_instruction: str | None = Field(
         "Describe this image in one sentence.",
         max_length=2000,
@@ -344,9 +350,42 @@ def _vision_language(family: VisionLanguageFamilyName, source: str, **fields: An
     )
 
 
-class ModelsConfig(StrictModel):
+#: What a named model of a profile does: ``chat`` (conversations about images, captions and
+#: flags, through the checkpoint's chat template) or ``caption`` (the same for a chat
+#: checkpoint).
+ModelTask = Literal["chat", "caption"]
+
+#: A named model's name: what the API takes as ``model`` and Serve names its deployment after.
+MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class ChatModelConfig(VisionLanguageConfig):
+    """A model a profile names itself: any image-text-to-text checkpoint with a chat template
+    (Qwen2.5-VL, SmolVLM, LLaVA-OneVision, ...), served with the batching, streaming, limits,
+    cache, errors and APIs of the built-in ones."""
+
+    task: ModelTask = Field(description="chat or caption: what the model is served for.")
+    label: str | None = Field(
+        None, max_length=80, description="Shown by GET /api/models and the page; default: its name."
+    )
+    multi_image: bool | None = Field(
+        None,
+        description="Whether one prompt may show several images. Unset: read from the "
+        "checkpoint when the profile is built (set it where the weights are only on workers).",
+    )
+
+
+class ModelsConfig(BaseModel):
     """Every model deployment of the application, keyed by the name used in the API
-    (``?model=blip|blip2|gemma|intern_vlm|git``). A model set to ``null`` is not served."""
+    (``?model=blip|blip2|gemma|intern_vlm|git``). A model set to ``null`` is not served.
+
+    Any other key names a model of the operator's choosing (:class:`ChatModelConfig`, with a
+    ``task``): ``models: {qwen: {task: chat, source: Qwen/Qwen2.5-VL-3B-Instruct}}`` serves
+    ``model=qwen`` on every route its task allows.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+    __pydantic_extra__: dict[str, ChatModelConfig] = Field(init=False)
 
     blip: BlipCaptionConfig = Field(default_factory=BlipCaptionConfig)
     blip2: VisionLanguageConfig | None = _vision_language(
@@ -360,8 +399,27 @@ class ModelsConfig(StrictModel):
         None, description="GIT captioning; served when a profile sets it (e.g. {} for the default)."
     )
 
+    @model_validator(mode="after")
+    def _named_models_have_free_names(self) -> ModelsConfig:
+        for name in self.named():
+            if not re.fullmatch(MODEL_NAME_PATTERN, name):
+                raise ValueError(
+                    f"models.{name}: a model's name is lowercase letters, digits and _, "
+                    "starting with a letter, at most 32 characters"
+                )
+            if name in RESERVED_MODEL_NAMES:
+                raise ValueError(
+                    f"models.{name}: {name} is the name of a built-in section of the profile; "
+                    "choose another name"
+                )
+        return self
+
+    def named(self) -> dict[str, ChatModelConfig]:
+        """The models the profile names itself (besides the built-in sections), by name."""
+        return dict(self.model_extra or {})
+
     def served(self) -> dict[str, ModelFamilyConfig]:
-        """The models this profile serves, by API name."""
+        """The models this profile serves, by API name: the built-in ones, then the named."""
         return {name: model for name, model in self if model is not None}
 
 
@@ -622,6 +680,8 @@ class PipelineConfig(StrictModel):
 
 #: Model sections at the top level of the profile rather than under ``models``.
 TOP_LEVEL_MODELS = ("vqa", "clip_image", "clip_text", "sd", "sdxl")
+#: Names a named model cannot take: the top-level models and the other deployments.
+RESERVED_MODEL_NAMES = frozenset({*TOP_LEVEL_MODELS, "similar_image", "ingress"})
 
 
 class AppConfig(StrictModel):

@@ -1,13 +1,18 @@
-"""How to load, prompt and decode each vision-language model family the server runs.
+"""How to load, prompt and decode the vision-language models the server runs.
 
-A :class:`VisionLanguageFamily` hides what differs between BLIP-2 (OPT), Gemma 3 and
-InternVL 3: the prompt format, how images are passed, the stop tokens, and which tokens start
-a "yes" or a "no" answer. The same code loads a tiny checkpoint from
-:mod:`vlgraph.tiny` and a real Hub snapshot.
+A :class:`VisionLanguageFamily` hides what differs between models: the prompt format, how
+images are passed, the stop tokens, and which tokens start a "yes" or a "no" answer. Any
+image-text-to-text checkpoint that transformers loads with ``AutoModelForImageTextToText`` and
+``AutoProcessor`` and that carries a chat template is served by one
+:class:`ChatTemplateFamily`, derived from the checkpoint by :func:`derive_family` (the stop
+tokens are what its chat template writes after an assistant message). Overrides exist only
+where a model truly differs: BLIP-2 has no chat template (``Question: ... Answer:``), InternVL's
+processor needs a loader without torchvision, and some architectures read one image per
+prompt. The same code loads a tiny checkpoint from :mod:`vlgraph.tiny` and a real Hub snapshot.
 
 Usage::
 
-    family = FAMILIES["gemma3"]
+    family = derive_family(path)
     processor, model = family.load(path, torch.float32, torch.device("cpu"))
     inputs = family.inputs(processor, [[image]], ["What is this?"])
     output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
@@ -19,7 +24,10 @@ Transformers is imported lazily: importing this module only needs torch.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +55,9 @@ class VisionLanguageFamily:
 
     name: str
     multi_image: bool
+
+    #: Whether the family continues conversations (``chat_inputs``).
+    chats = True
 
     def load(self, path: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
         """(processor, model) from a checkpoint folder or hub snapshot path.
@@ -196,10 +207,21 @@ def _blip2_dialogue(turns: tuple[ChatTurn, ...]) -> str:
 
 
 @dataclass(frozen=True)
-class _ChatFamily(VisionLanguageFamily):
-    """Chat-template families (Gemma 3, InternVL): images first, then the instruction."""
+class ChatTemplateFamily(VisionLanguageFamily):
+    """A model prompted through its own chat template (Gemma 3, InternVL, Qwen2.5-VL, ...):
+    images first, then the instruction.
+
+    ``stop_tokens`` end a reply besides EOS; ``processor_loader`` replaces ``AutoProcessor``
+    where a model's processor cannot load as it is (InternVL without torchvision).
+    """
 
     stop_tokens: tuple[str, ...] = ()
+    processor_loader: Callable[[Path], Any] | None = field(default=None, compare=False)
+
+    def _load_processor(self, path: Path) -> Any:
+        if self.processor_loader is not None:
+            return self.processor_loader(path)
+        return super()._load_processor(path)
 
     def _stop_tokens(self) -> tuple[str, ...]:
         return self.stop_tokens
@@ -243,6 +265,35 @@ class _ChatFamily(VisionLanguageFamily):
         )
 
 
+@dataclass(frozen=True)
+class PrefixFamily(VisionLanguageFamily):
+    """A captioner without a chat template (PaliGemma's pretrained checkpoints, BLIP, GIT):
+    one image and a text prefix the caption follows (PaliGemma's ``caption en``); no chat."""
+
+    processor_loader: Callable[[Path], Any] | None = field(default=None, compare=False)
+    chats = False
+
+    def _load_processor(self, path: Path) -> Any:
+        if self.processor_loader is not None:
+            return self.processor_loader(path)
+        return super()._load_processor(path)
+
+    def _inputs(
+        self, processor: Any, images: list[list[Image.Image]], instructions: list[str | None]
+    ) -> BatchFeature:
+        inputs = processor(
+            images=[item_images[0] for item_images in images],
+            text=[instruction or "" for instruction in instructions],
+            padding=True,
+            return_tensors="pt",
+        )
+        inputs.pop("labels", None)  # PaliGemma's processor adds them for training
+        return inputs
+
+    def _chat_inputs(self, processor: Any, conversations: list[Conversation]) -> BatchFeature:
+        raise ValueError(f"{self.name} has no chat template: it captions, it does not chat")
+
+
 def _template_message(turn: ChatTurn) -> dict[str, Any]:
     """A message as chat templates read it: typed parts, an image part where each image is."""
     content = [
@@ -250,14 +301,6 @@ def _template_message(turn: ChatTurn) -> dict[str, Any]:
         for part in turn.parts
     ]
     return {"role": turn.role, "content": content}
-
-
-@dataclass(frozen=True)
-class _InternVLFamily(_ChatFamily):
-    """InternVL: its processor loads without torchvision (no video processor)."""
-
-    def _load_processor(self, path: Path) -> Any:
-        return internvl_processor_class().from_pretrained(path)
 
 
 def _user_message(image_count: int, instruction: str | None) -> dict[str, Any]:
@@ -326,8 +369,200 @@ def internvl_processor_class() -> type:
     return InternVLProcessor
 
 
+def _internvl_processor(path: Path) -> Any:
+    return internvl_processor_class().from_pretrained(path)
+
+
 FAMILIES: dict[str, VisionLanguageFamily] = {
     "blip2": _Blip2Family(name="blip2", multi_image=False),
-    "gemma3": _ChatFamily(name="gemma3", multi_image=True, stop_tokens=("<end_of_turn>",)),
-    "internvl": _InternVLFamily(name="internvl", multi_image=True, stop_tokens=("<|im_end|>",)),
+    "gemma3": ChatTemplateFamily(name="gemma3", multi_image=True, stop_tokens=("<end_of_turn>",)),
+    "internvl": ChatTemplateFamily(
+        name="internvl",
+        multi_image=True,
+        stop_tokens=("<|im_end|>",),
+        processor_loader=_internvl_processor,
+    ),
 }
+
+#: Checkpoint ``model_type`` -> the name of the family that serves it where it differs from
+#: the chat-template default.
+_OVERRIDDEN_TYPES = {"blip-2": "blip2"}
+#: Processor loaders by ``model_type``, for processors that cannot load as they are.
+_PROCESSOR_LOADERS: dict[str, Callable[[Path], Any]] = {"internvl": _internvl_processor}
+#: Architectures whose prompt shows one image (their processor takes one per text).
+SINGLE_IMAGE_TYPES = frozenset({"paligemma", "llava", "blip-2"})
+
+
+class UnsupportedModelError(ValueError):
+    """A checkpoint no family can serve as a chat or captioning model; the message says what
+    was found and what is supported."""
+
+
+def model_type_of(path: Path) -> str:
+    """The ``model_type`` of the image-text-to-text checkpoint at ``path`` (its
+    ``config.json``), refused unless ``AutoModelForImageTextToText`` loads it as the
+    architecture it was saved as (a BLIP VQA checkpoint would become a captioner with random
+    text weights)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    config = Path(path) / "config.json"
+    try:
+        found = json.loads(config.read_text())
+    except (OSError, ValueError) as error:
+        raise UnsupportedModelError(f"{config} cannot be read as a model config: {error}") from None
+    model_type = found.get("model_type") if isinstance(found, dict) else None
+    if not isinstance(model_type, str) or not model_type:
+        raise UnsupportedModelError(f"{config} names no model_type")
+    loaded_as = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type)
+    saved_as = found.get("architectures") or []
+    if loaded_as is None or (saved_as and loaded_as not in saved_as):
+        architecture = f"{saved_as[0]} ({model_type})" if saved_as else repr(model_type)
+        raise UnsupportedModelError(
+            f"{path} is a {architecture} checkpoint, which AutoModelForImageTextToText does "
+            "not load as it is: a chat or caption model must be an image-text-to-text "
+            "architecture (e.g. gemma3, internvl, qwen2_5_vl, idefics3, llava_onevision, "
+            "paligemma; docs/models.md)"
+        )
+    return model_type
+
+
+def derive_family(path: Path, task: str = "chat") -> VisionLanguageFamily:
+    """The family that serves the checkpoint at ``path`` for ``task`` (``chat`` or
+    ``caption``), derived from its config and its processor: the chat template's end-of-turn
+    tokens, one image or several per prompt; a checkpoint without a chat template captions
+    from a text prefix (:class:`PrefixFamily`) when only captions are asked of it.
+
+    Raises :class:`UnsupportedModelError` for an architecture ``AutoModelForImageTextToText``
+    does not load, or a checkpoint without a chat template asked to chat (BLIP-2 excepted).
+    """
+    model_type = model_type_of(path)
+    if model_type in _OVERRIDDEN_TYPES:
+        return FAMILIES[_OVERRIDDEN_TYPES[model_type]]
+    loader = _PROCESSOR_LOADERS.get(model_type)
+    if loader is not None:
+        processor = loader(Path(path))
+    else:
+        from transformers import AutoProcessor
+
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ImportError, AttributeError) as error:
+            # A processor that also reads videos wants a video processor, which needs
+            # torchvision: serve images only, with the same class minus its video side.
+            images_only = images_only_processor_class(model_type)
+            if images_only is None:
+                raise UnsupportedModelError(
+                    f"the processor of the {model_type!r} checkpoint {path} does not load: {error}"
+                ) from error
+            loader = images_only.from_pretrained
+            processor = loader(path)
+    if task == "caption" and not getattr(processor, "chat_template", None):
+        return PrefixFamily(name=model_type, multi_image=False, processor_loader=loader)
+    return family_from_processor(model_type, processor, loader)
+
+
+@functools.cache
+def images_only_processor_class(model_type: str) -> type | None:
+    """The processor class of ``model_type`` without its video processor (which needs
+    torchvision), or None when it has none. It keeps the upstream class name, so what it
+    saves loads anywhere."""
+    from transformers.models.auto.processing_auto import (
+        PROCESSOR_MAPPING_NAMES,
+        processor_class_from_name,
+    )
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    upstream = processor_class_from_name(name) if name else None
+    if upstream is None:
+        return None
+    signature = inspect.signature(upstream.__init__)
+    if "video_processor" not in signature.parameters:
+        return None
+
+    # ProcessorMixin passes a saved setting to __init__ only when the code of __init__ names
+    # it (a bare **kwargs would lose them all), so this __init__ is written out with every
+    # parameter of the upstream one except the video processor.
+    names = [
+        parameter.name
+        for parameter in signature.parameters.values()
+        if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and parameter.name not in ("self", "video_processor")
+    ]
+    defaults = {
+        name: None
+        if signature.parameters[name].default is inspect.Parameter.empty
+        else signature.parameters[name].default
+        for name in names
+    }
+    source = (
+        f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, **kwargs):\n"
+        f"    _upstream.__init__(self, video_processor=None, "
+        f"{', '.join(f'{n}={n}' for n in names)}, **kwargs)\n"
+    )
+    namespace: dict[str, Any] = {"_upstream": upstream, "_defaults": defaults}
+    exec(source, namespace)  # the names are those of a transformers class
+    __init__ = namespace["__init__"]
+    return type(upstream.__name__, (upstream,), {"__init__": __init__, "__module__": __name__})
+
+
+def checked_family(
+    path: Path, declared: str, name: str, task: str = "chat"
+) -> VisionLanguageFamily:
+    """:func:`derive_family` of the checkpoint at ``path``, which the profile's model ``name``
+    declares as family ``declared`` (``auto``: whatever it is) and serves for ``task``."""
+    family = derive_family(path, task)
+    if declared not in ("auto", family.name):
+        raise UnsupportedModelError(
+            f"{name}: the profile says family {declared!r}, but {path} is a {family.name!r} "
+            "checkpoint; set family: auto or the checkpoint's family"
+        )
+    return family
+
+
+def family_from_processor(
+    model_type: str, processor: Any, loader: Callable[[Path], Any] | None = None
+) -> ChatTemplateFamily:
+    """The chat-template family of a ``model_type`` checkpoint whose processor is
+    ``processor`` (see :func:`derive_family`)."""
+    if not getattr(processor, "chat_template", None):
+        raise UnsupportedModelError(
+            f"the {model_type!r} checkpoint has no chat template, so it cannot chat; serve it "
+            "with task: caption (captions after a text prefix), or use a checkpoint with one "
+            "(an instruction-tuned '-it' or '-Instruct' variant)"
+        )
+    return ChatTemplateFamily(
+        name=model_type,
+        multi_image=model_type not in SINGLE_IMAGE_TYPES,
+        stop_tokens=end_of_turn_tokens(processor),
+        processor_loader=loader,
+    )
+
+
+#: A reply no template changes, to find what the template writes after it.
+_PROBE_REPLY = "probe"
+
+
+def end_of_turn_tokens(processor: Any) -> tuple[str, ...]:
+    """The special token the chat template writes right after an assistant's message (e.g.
+    ``<|im_end|>``, ``<end_of_turn>``, ``<end_of_utterance>``), or none."""
+    tokenizer = processor.tokenizer
+    conversation = [
+        {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": _PROBE_REPLY}]},
+    ]
+    rendered = processor.apply_chat_template(conversation, tokenize=False)
+    end = rendered.rfind(_PROBE_REPLY)
+    if end < 0:
+        return ()
+    after = rendered[end + len(_PROBE_REPLY) :].lstrip(" ")
+    special = sorted(
+        {str(token) for token in tokenizer.all_special_tokens}
+        | {
+            token.content
+            for token in tokenizer.added_tokens_decoder.values()
+            if getattr(token, "special", False)
+        },
+        key=len,
+        reverse=True,
+    )
+    return next(((token,) for token in special if token and after.startswith(token)), ())

@@ -110,7 +110,15 @@ def families() -> list[str]:
 
 #: Modules of this package that hold shared code and register no family.
 SHARED_MODULES = frozenset(
-    {"common", "training", "world", "blip_training", "vlm_training", "diffusion_training"}
+    {
+        "common",
+        "training",
+        "world",
+        "towers",
+        "blip_training",
+        "vlm_training",
+        "diffusion_training",
+    }
 )
 
 _PACKAGE_IMPORT = re.compile(r"^\s*from vlgraph\.tiny\.(\w+) import", re.MULTILINE)

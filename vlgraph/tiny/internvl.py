@@ -19,6 +19,7 @@ from vlgraph.tiny.common import (
     save_with_processor,
     train_bpe,
 )
+from vlgraph.tiny.towers import qwen2_text_config
 from vlgraph.tiny.vlm_training import (
     TINY_LAYERS,
     VisionLanguageRecipe,
@@ -113,32 +114,10 @@ def build_internvl(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]
         image_seq_length=image_seq_length,
         chat_template=_INTERNVL_CHAT_TEMPLATE,
     )
-    text_config = {
-        "model_type": "qwen2",
-        "vocab_size": max(len(tokenizer), 151674 if full else 0),
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.pad_token_id,
-        "tie_word_embeddings": True,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
-    }
+    text_config = qwen2_text_config(tokenizer, full, 151674)
     if full:
-        text_config |= {
-            "hidden_size": 896,
-            "intermediate_size": 4864,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 14,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32768,
-        }
         vision_config = {}  # the defaults: InternViT-300M at 448 px
     else:
-        text_config |= {
-            **TINY_LAYERS,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 512,
-            "initializer_range": 0.125,
-        }
         vision_config = {
             **TINY_LAYERS,
             "image_size": image_size,

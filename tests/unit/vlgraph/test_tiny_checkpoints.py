@@ -36,8 +36,12 @@ EXPECTED_FAMILIES = [
     "gemma3",
     "git",
     "internvl",
+    "llava_onevision",
+    "paligemma",
+    "qwen2_5_vl",
     "sd",
     "sdxl",
+    "smolvlm",
 ]
 
 

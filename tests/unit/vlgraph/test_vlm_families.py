@@ -15,7 +15,13 @@ from tests.support.common import jpeg_bytes, noise_image, world_image, world_sce
 from vlgraph.config import VisionLanguageConfig
 from vlgraph.messages import CaptionRequest, FlagRequest
 from vlgraph.tiny import ensure_checkpoint
-from vlgraph.vlm_families import FAMILIES, VisionLanguageFamily
+from vlgraph.vlm_families import (
+    FAMILIES,
+    UnsupportedModelError,
+    VisionLanguageFamily,
+    checked_family,
+    derive_family,
+)
 
 INSTRUCTIONS = [None, "What is this?", "Describe the colours of this picture in detail."]
 #: The offline profile's instruction for a set of images.
@@ -58,6 +64,39 @@ def test_families_and_their_image_arity() -> None:
         "internvl": True,
     }
     assert all(name == family.name for name, family in FAMILIES.items())
+
+
+def test_the_family_derived_from_the_checkpoint_is_the_dedicated_one(loaded: Loaded) -> None:
+    """Stop tokens from the chat template, the image arity from the architecture: what the
+    dedicated adapters spelled out by hand."""
+    assert derive_family(loaded.folder) == loaded.family
+    assert checked_family(loaded.folder, "auto", "m") == loaded.family
+    assert checked_family(loaded.folder, loaded.family.name, "m") == loaded.family
+
+
+def test_a_family_the_checkpoint_is_not_is_refused_naming_both(checkpoint_cache: Path) -> None:
+    folder = ensure_checkpoint("gemma3", checkpoint_cache)
+    with pytest.raises(UnsupportedModelError, match=r"says family 'internvl'.*'gemma3' checkpoint"):
+        checked_family(folder, "internvl", "mine")
+
+
+def test_a_checkpoint_without_a_chat_template_cannot_chat(checkpoint_cache: Path) -> None:
+    folder = ensure_checkpoint("blip-caption", checkpoint_cache)
+    with pytest.raises(UnsupportedModelError, match="'blip' checkpoint has no chat template"):
+        derive_family(folder)
+
+
+def test_an_architecture_auto_classes_do_not_load_as_saved_is_refused(
+    tmp_path: Path, checkpoint_cache: Path
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UnsupportedModelError, match=r"'bert' checkpoint.*image-text-to-text"):
+        derive_family(tmp_path)
+    vqa = ensure_checkpoint("blip-vqa", checkpoint_cache)
+    with pytest.raises(UnsupportedModelError, match=r"BlipForQuestionAnswering \(blip\)"):
+        derive_family(vqa, "caption")
+    with pytest.raises(UnsupportedModelError, match=r"config\.json cannot be read"):
+        derive_family(tmp_path / "missing")
 
 
 def test_tiny_checkpoint_has_the_standard_layout(loaded: Loaded) -> None:

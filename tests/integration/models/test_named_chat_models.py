@@ -1,0 +1,154 @@
+"""Chat models a profile names itself, of architectures no code of vlgraph names: served side
+by side with BLIP, listed with the capabilities their checkpoints give them, and reached
+through every route their task allows (the documents' captioning and flag routes, collective
+captions, ``/v1/chat/completions`` whole and streamed through the official client), batches
+equal to single calls, and the model's own limits refused with a 422 that names them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from graphs.app import build_app
+from tests.support.common import jpeg_bytes, make_test_config, noise_image, wait_until_healthy
+from tests.support.openai_api import data_uri, image_message
+from vlgraph.config import AppConfig
+
+pytestmark = pytest.mark.integration
+
+APP_NAME = "vlgraph-named"
+ROUTE = "/named"
+#: Named model -> its tiny checkpoint: one per architecture the registry does not name.
+NAMED = {"qwen": "tiny:qwen2_5_vl", "smol": "tiny:smolvlm"}
+#: Model types the checkpoints derive to (SmolVLM's checkpoints are Idefics3).
+MODEL_TYPES = {"qwen": "qwen2_5_vl", "smol": "idefics3"}
+
+
+@pytest.fixture(scope="module")
+def named_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Iterator[str]:
+    """BLIP and the named chat models, nothing else."""
+    from ray import serve
+
+    args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
+    args["profile"] = "named"
+    blip = args["models"]["blip"]
+    args["models"] = {
+        "blip": blip,
+        "blip2": None,
+        "gemma": None,
+        "intern_vlm": None,
+        **{
+            name: {
+                "task": "chat",
+                "source": source,
+                "device": "cpu",
+                "torch_threads": 1,
+                "generation": {"max_new_tokens": 6},
+                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
+                "deployment": {
+                    "max_ongoing_requests": 16,
+                    "request_timeout_s": 60,
+                    "ray_actor_options": {"num_cpus": 0.1},
+                },
+            }
+            for name, source in NAMED.items()
+        },
+    }
+    args.update(vqa=None, clip_image=None, clip_text=None, sd=None, sdxl=None)
+    serve.run(build_app(AppConfig.model_validate(args)), name=APP_NAME, route_prefix=ROUTE)
+    url = f"http://127.0.0.1:{ray_instance}{ROUTE}"
+    wait_until_healthy(url)
+    yield url
+    serve.delete(APP_NAME)
+
+
+def upload(url: str, model: str, count: int, route: str = "caption-images", **params):
+    files = [
+        ("images", (f"{i}.jpg", jpeg_bytes(noise_image(70 + i)), "image/jpeg"))
+        for i in range(count)
+    ]
+    return httpx.post(
+        f"{url}/api/{route}", params={"model": model, **params}, files=files, timeout=60
+    )
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_named_models_are_listed_with_what_their_checkpoints_can_do(named_url: str) -> None:
+    models = httpx.get(f"{named_url}/api/models", timeout=30).json()["models"]
+    assert [model["name"] for model in models] == ["blip", *NAMED]
+    for model in models[1:]:
+        assert set(model["capabilities"]) == {"caption", "flag", "collective", "chat"}, model
+        assert model["deployment"] == f"{model['name']}_chat" and model["label"] == model["name"]
+        assert model["random_weights"] is True
+    listed = {model.id: model for model in client(named_url).models.list()}
+    for name in NAMED:
+        chat = listed[name].model_extra["chat"]
+        assert chat["mode"] == "conversation" and chat["multi_turn"] is True, chat
+    health = httpx.get(f"{named_url}/healthz", timeout=30).json()["models"]
+    assert all(health[name]["reachable"] is True for name in NAMED)
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_captions_through_the_documents_route_batch_as_they_answer_alone(
+    named_url: str, name: str
+) -> None:
+    batched = upload(named_url, name, 3)
+    assert batched.status_code == 200, batched.text
+    results = batched.json()["results"]
+    assert len(results) == 3 and all(item["error"] is None for item in results), results
+    singles = [upload(named_url, name, 1).json()["results"][0]["caption"] for _ in range(1)]
+    assert results[0]["caption"] == singles[0]
+    flagged = upload(named_url, name, 2, flag_question="is there a circle?")
+    assert flagged.status_code == 200, flagged.text
+    assert all(isinstance(item["flagged"], bool) for item in flagged.json()["results"])
+    together = upload(named_url, name, 2, route="caption-collective-images")
+    assert together.status_code == 200, together.text
+    assert together.json()["count"] == 2
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_chat_whole_and_streamed_through_the_openai_client(named_url: str, name: str) -> None:
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        image_message("What is this?", data_uri(noise_image(80)), data_uri(noise_image(81))),
+    ]
+    whole = client(named_url).chat.completions.create(model=name, messages=messages, max_tokens=5)
+    assert whole.model == name and whole.choices[0].finish_reason in ("stop", "length")
+    assert 0 < whole.usage.completion_tokens <= 5 and whole.usage.prompt_tokens > 0
+    stream = client(named_url).chat.completions.create(
+        model=name,
+        messages=messages,
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_a_conversation_past_the_models_context_is_a_422_with_the_numbers(
+    named_url: str,
+) -> None:
+    long_text = " ".join(["describe the colours of this picture in detail"] * 80)
+    response = httpx.post(
+        f"{named_url}/v1/chat/completions",
+        json={
+            "model": "qwen",
+            "messages": [image_message(long_text, data_uri(noise_image(82)))],
+            "max_tokens": 5,
+        },
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "prompt_too_long_for_model", error
+    assert "reads at most 512" in error["message"], error
