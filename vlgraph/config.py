@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
@@ -350,9 +350,9 @@ def _vision_language(family: VisionLanguageFamilyName, source: str, **fields: An
     )
 
 
-#: What a named model of a profile does: ``chat`` (conversations about images, captions and
-#: flags, through the checkpoint's chat template) or ``caption`` (the same for a chat
-#: checkpoint).
+#: What a named chat model of a profile does: ``chat`` (conversations about images,
+#: captions and flags, through the checkpoint's chat template) or ``caption`` (captions only,
+#: through the chat template or after a text prefix).
 ModelTask = Literal["chat", "caption"]
 
 #: A named model's name: what the API takes as ``model`` and Serve names its deployment after.
@@ -375,17 +375,41 @@ class ChatModelConfig(VisionLanguageConfig):
     )
 
 
+class EmbeddingModelConfig(EncoderConfig):
+    """An embedding model a profile names itself: a CLIP-like dual encoder (CLIP, SigLIP,
+    SigLIP 2: images and texts in one space, loaded with transformers' ``AutoModel``) or a
+    sentence-transformers model (texts, or texts and images for its CLIP models)."""
+
+    task: Literal["embed"] = Field(description="embed: vectors of images and texts.")
+    label: str | None = Field(
+        None, max_length=80, description="Shown by GET /api/models and the page; default: its name."
+    )
+    modalities: tuple[Literal["image", "text"], ...] | None = Field(
+        None,
+        min_length=1,
+        description="What it embeds. Unset: read from the checkpoint when the profile is built "
+        "(set it where the weights are only on workers).",
+    )
+
+
+#: The tasks of the models a profile names itself.
+NAMED_TASKS = ("chat", "caption", "embed")
+#: A model a profile names itself, told apart by its ``task``.
+NamedModelConfig = Annotated[ChatModelConfig | EmbeddingModelConfig, Field(discriminator="task")]
+
+
 class ModelsConfig(BaseModel):
     """Every model deployment of the application, keyed by the name used in the API
     (``?model=blip|blip2|gemma|intern_vlm|git``). A model set to ``null`` is not served.
 
-    Any other key names a model of the operator's choosing (:class:`ChatModelConfig`, with a
-    ``task``): ``models: {qwen: {task: chat, source: Qwen/Qwen2.5-VL-3B-Instruct}}`` serves
-    ``model=qwen`` on every route its task allows.
+    Any other key names a model of the operator's choosing (:class:`ChatModelConfig` or
+    :class:`EmbeddingModelConfig`, told apart by ``task``): ``models: {qwen: {task: chat,
+    source: Qwen/Qwen2.5-VL-3B-Instruct}}`` serves ``model=qwen`` on every route its task
+    allows.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
-    __pydantic_extra__: dict[str, ChatModelConfig] = Field(init=False)
+    __pydantic_extra__: dict[str, NamedModelConfig] = Field(init=False)
 
     blip: BlipCaptionConfig = Field(default_factory=BlipCaptionConfig)
     blip2: VisionLanguageConfig | None = _vision_language(
@@ -398,6 +422,20 @@ class ModelsConfig(BaseModel):
     git: GitCaptionConfig | None = Field(
         None, description="GIT captioning; served when a profile sets it (e.g. {} for the default)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_models_have_a_task(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, model in data.items():
+                if name in cls.model_fields or not isinstance(model, dict):
+                    continue
+                if model.get("task") not in NAMED_TASKS:
+                    raise ValueError(
+                        f"models.{name}: a model named by the profile needs a task, one of "
+                        f"{', '.join(NAMED_TASKS)} (got {model.get('task')!r})"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _named_models_have_free_names(self) -> ModelsConfig:
@@ -414,7 +452,7 @@ class ModelsConfig(BaseModel):
                 )
         return self
 
-    def named(self) -> dict[str, ChatModelConfig]:
+    def named(self) -> dict[str, ChatModelConfig | EmbeddingModelConfig]:
         """The models the profile names itself (besides the built-in sections), by name."""
         return dict(self.model_extra or {})
 

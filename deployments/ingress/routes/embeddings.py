@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
-from deployments.ingress.openapi import MAX_IMAGE_URL_CHARS
+from deployments.ingress.openapi import MAX_IMAGE_URL_CHARS, MODEL_CAPABILITY
 from deployments.ingress.routes.health import served_model_health
 from vlgraph.errors import BadRequestError, ItemError, PayloadTooLargeError, ServiceError
 from vlgraph.images import inspect_image
@@ -40,6 +40,11 @@ class EncodeTextRequest(BaseModel):
 
     text: str | list[str] = Field(examples=["This is a sample text to encode"])
     normalize: bool = _NORMALIZE
+    model: str = Field(
+        "clip_text",
+        description="The text encoder: clip_text, or an embedding model the "
+        "profile names (GET /api/models).",
+    )
 
 
 class EncodeImageRequest(BaseModel):
@@ -63,6 +68,11 @@ class EncodeImageRequest(BaseModel):
     )
     image_b64: str | list[str] | None = Field(None, description="Base64 of the image file.")
     normalize: bool = _NORMALIZE
+    model: str = Field(
+        "clip_image",
+        description="The image encoder: clip_image, or an embedding model the "
+        "profile names (GET /api/models).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "EncodeImageRequest":
@@ -78,7 +88,7 @@ class EmbeddingResponse(BaseModel):
     embeddings: list[list[float]] | None = Field(None, description="One vector per input.")
     dimension: int = Field(examples=[512])
     normalized: bool = Field(description="Whether the vectors have unit length.")
-    model: str = Field(description="The encoder's deployment: clip_text or clip_image.")
+    model: str = Field(description="The encoder: clip_text, clip_image or a named model.")
 
 
 class EncoderHealth(BaseModel):
@@ -218,16 +228,18 @@ def router(context: IngressContext) -> APIRouter:
         response_model_exclude_none=True,
         summary="Embed text in CLIP's space, any of 50+ languages",
         responses=error_responses(400, 413, 422, 503),
+        openapi_extra={MODEL_CAPABILITY: Capability.EMBED_TEXT.value},
     )
     async def encode_text(body: EncodeTextRequest) -> EmbeddingResponse:
         """The text's 512-dimensional vector (multilingual CLIP text encoder)."""
         texts = embedding.listed(body.text)
         for index, text in enumerate(texts):
             embedding.check_text(text, index if isinstance(body.text, list) else None)
+        context.gateway.handle(body.model, Capability.EMBED_TEXT)  # 4xx before any work
         vectors = await asyncio.gather(
-            *(embedding.embed("clip_text", Capability.EMBED_TEXT, text) for text in texts)
+            *(embedding.embed(body.model, Capability.EMBED_TEXT, text) for text in texts)
         )
-        return embedding.response("clip_text", body.text, vectors, body.normalize)
+        return embedding.response(body.model, body.text, vectors, body.normalize)
 
     @routes.post(
         "/encode_image",
@@ -235,9 +247,11 @@ def router(context: IngressContext) -> APIRouter:
         response_model_exclude_none=True,
         summary="Embed an image in CLIP's space, by URL or base64",
         responses=error_responses(400, 403, 413, 415, 422, 503),
+        openapi_extra={MODEL_CAPABILITY: Capability.EMBED_IMAGE.value},
     )
     async def encode_image(body: EncodeImageRequest) -> EmbeddingResponse:
         """The image's 512-dimensional vector (CLIP ViT-B/32 image encoder)."""
+        context.gateway.handle(body.model, Capability.EMBED_IMAGE)  # 4xx before any fetch
         given = body.image_url if body.image_url is not None else body.image_b64
         items = embedding.listed(given)
         reader = embedding.fetched if body.image_url is not None else embedding.decoded_base64
@@ -246,9 +260,9 @@ def router(context: IngressContext) -> APIRouter:
             *(reader(item, None if one else index) for index, item in enumerate(items))
         )
         vectors = await asyncio.gather(
-            *(embedding.embed("clip_image", Capability.EMBED_IMAGE, data) for data in images)
+            *(embedding.embed(body.model, Capability.EMBED_IMAGE, data) for data in images)
         )
-        return embedding.response("clip_image", given, vectors, body.normalize)
+        return embedding.response(body.model, given, vectors, body.normalize)
 
     @routes.get(
         "/health",

@@ -44,9 +44,10 @@ def test_named_models_are_validated_as_chat_models() -> None:
         ({"Qwen": {"task": "chat", "source": "x"}}, "lowercase letters"),
         ({"sdxl": {"task": "chat", "source": "x"}}, "built-in section"),
         ({"similar_image": {"task": "chat", "source": "x"}}, "built-in section"),
-        ({"qwen": {"source": "x"}}, r"models\.qwen\.task"),
-        ({"qwen": {"task": "dance", "source": "x"}}, "'chat' or 'caption'"),
-        ({"qwen": {"task": "chat", "source": "x", "colour": 1}}, r"models\.qwen\.colour"),
+        ({"qwen": {"source": "x"}}, r"models\.qwen: .* needs a task, one of chat, caption, embed"),
+        ({"qwen": {"task": "dance", "source": "x"}}, r"needs a task.*\(got 'dance'\)"),
+        ({"qwen": {"task": "chat", "source": "x", "colour": 1}}, r"models\.qwen\.chat\.colour"),
+        ({"qwen": {"task": "embed", "source": "x", "family": "gemma3"}}, r"qwen\.embed\.family"),
     ],
 )
 def test_a_bad_named_model_fails_with_its_name(models: dict, message: str) -> None:
@@ -73,6 +74,25 @@ def test_a_named_model_gets_the_capabilities_of_its_checkpoint(checkpoint_cache:
     assert models.names(Capability.CHAT) == ("mine",)
     assert models.names(Capability.CAPTION) == ("blip", "mine", "single")
     assert models.known_names(Capability.COLLECTIVE)[-1] == "mine"
+
+
+def test_a_named_embedding_model_embeds_what_its_checkpoint_embeds(
+    checkpoint_cache: Path,
+) -> None:
+    config = profile(
+        checkpoint_cache,
+        sig={"task": "embed", "source": "tiny:siglip"},
+        words={"task": "embed", "source": "tiny:clip-multilingual", "label": "Words"},
+        declared={"task": "embed", "source": "someone/elsewhere", "modalities": ["image"]},
+    )
+    entries = {entry.name: entry for entry, _ in served_entries(config)}
+    assert entries["sig"].capabilities == {Capability.EMBED_IMAGE, Capability.EMBED_TEXT}
+    assert entries["words"].capabilities == {Capability.EMBED_TEXT}
+    assert entries["declared"].capabilities == {Capability.EMBED_IMAGE}
+    assert (entries["sig"].deployment_name, entries["words"].label) == ("sig_embed", "Words")
+    chat = profile(checkpoint_cache, vlm={"task": "embed", "source": "tiny:gemma3"})
+    with pytest.raises(UnsupportedModelError, match="not an image-text dual encoder"):
+        served_entries(chat)
 
 
 def test_a_checkpoint_no_family_serves_is_refused_when_the_profile_is_built(

@@ -41,6 +41,7 @@ EXPECTED_FAMILIES = [
     "qwen2_5_vl",
     "sd",
     "sdxl",
+    "siglip",
     "smolvlm",
 ]
 

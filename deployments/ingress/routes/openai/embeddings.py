@@ -5,7 +5,8 @@ Texts are ``input`` (a string or a list). Images come as infinity sends them (``
 "image"``, ``input`` a list of http(s) URLs or ``data:`` URIs) or as vLLM does (``messages``
 whose one ``image_url`` part is the image; a text-only ``messages`` is a text). Either model
 name, ``clip_text`` or ``clip_image``, names the one space; each input goes to the encoder of
-its kind. Vectors are unit length, as OpenAI's are, and the same cache as ``/encode_text`` and
+its kind. An embedding model the profile names (a dual encoder such as SigLIP) embeds both
+kinds itself. Vectors are unit length, as OpenAI's are, and the same cache as ``/encode_text`` and
 ``/encode_image`` serves both routes. ``encoding_format: base64`` (the ``openai`` client's
 default) sends each vector as the base64 of its little-endian float32 bytes.
 """
@@ -67,17 +68,32 @@ class OpenAIEmbeddings:
         self._images = ImageUrls(context)
         self._gateway = context.gateway
 
-    def check_model(self, model: str) -> None:
-        """4xx unless ``model`` is one of the space's encoders and both are served."""
-        if model not in (TEXT_ENCODER, IMAGE_ENCODER):
-            if model not in self._gateway.catalog.known:
-                self._gateway.handle(model, Capability.EMBED_TEXT)  # 422 unknown_model
-            raise BadRequestError(
-                f"{model} does not embed; use model={TEXT_ENCODER} or model={IMAGE_ENCODER} "
-                "(one space for texts and images)",
-                code="embeddings_not_supported",
-                param="model",
+    def encoders(self, model: str) -> dict[str, str]:
+        """The encoder of each kind (``text``, ``image``) in ``model``'s space: the built-in
+        CLIP pair for either of its names, else the named embedding model itself for what it
+        embeds. 4xx for a model that does not embed."""
+        if model in (TEXT_ENCODER, IMAGE_ENCODER):
+            return {"text": TEXT_ENCODER, "image": IMAGE_ENCODER}
+        served = self._gateway.catalog.get(model)
+        kinds = {
+            kind: model
+            for kind, capability in (
+                ("text", Capability.EMBED_TEXT),
+                ("image", Capability.EMBED_IMAGE),
             )
+            if served is not None and served.can(capability)
+        }
+        if kinds:
+            return kinds
+        if model not in self._gateway.catalog.known:
+            self._gateway.handle(model, Capability.EMBED_TEXT)  # 422 unknown_model
+        names = embedding_models(self._gateway.catalog)
+        raise BadRequestError(
+            f"{model} does not embed; use one of: {', '.join(names)} ({TEXT_ENCODER} and "
+            f"{IMAGE_ENCODER} are one space for texts and images)",
+            code="embeddings_not_supported",
+            param="model",
+        )
 
     def inputs(self, body: EmbeddingsBody) -> tuple[str, list[Item]]:
         """The kind (``text`` or ``image``) and the inputs of ``body``, checked."""
@@ -100,14 +116,22 @@ class OpenAIEmbeddings:
         fields = ["input" if single else f"input[{index}]" for index in range(len(items))]
         return body.modality, list(zip(fields, items, strict=True))
 
-    async def vectors(self, kind: str, items: list[Item]) -> list[tuple[list[float], int]]:
-        """Each input's raw vector and token count, in order."""
+    async def vectors(
+        self, encoders: dict[str, str], kind: str, items: list[Item]
+    ) -> list[tuple[list[float], int]]:
+        """Each input's raw vector and token count, in order, by the encoder of its kind."""
+        encoder = encoders.get(kind)
+        if encoder is None:
+            (model,) = set(encoders.values())
+            raise BadRequestError(
+                f"{model} embeds no {kind}s", code="unsupported_input", param="modality"
+            )
         if kind == "image":
             self._images.check_count(len(items), "input")
             images = await asyncio.gather(*(self._images.read(url, f) for f, url in items))
             return await asyncio.gather(
                 *(
-                    self._embedding.embed_counted(IMAGE_ENCODER, Capability.EMBED_IMAGE, data)
+                    self._embedding.embed_counted(encoder, Capability.EMBED_IMAGE, data)
                     for data in images
                 )
             )
@@ -119,10 +143,16 @@ class OpenAIEmbeddings:
                 raise
         return await asyncio.gather(
             *(
-                self._embedding.embed_counted(TEXT_ENCODER, Capability.EMBED_TEXT, text)
+                self._embedding.embed_counted(encoder, Capability.EMBED_TEXT, text)
                 for _, text in items
             )
         )
+
+
+def embedding_models(catalog: Any) -> list[str]:
+    """The served models ``/v1/embeddings`` takes, in catalog order."""
+    able = set(catalog.names(Capability.EMBED_TEXT)) | set(catalog.names(Capability.EMBED_IMAGE))
+    return [name for name in catalog.names() if name in able]
 
 
 def _from_messages(body: EmbeddingsBody) -> tuple[str, list[Item]]:
@@ -162,7 +192,7 @@ def router(context: IngressContext) -> APIRouter:
     """``POST /v1/embeddings`` of one ingress replica."""
     routes = APIRouter()
     embeddings = OpenAIEmbeddings(context)
-    encoders = [name for name in (TEXT_ENCODER, IMAGE_ENCODER) if context.gateway.catalog.get(name)]
+    encoders = embedding_models(context.gateway.catalog)
 
     @routes.post(
         "/v1/embeddings",
@@ -173,9 +203,9 @@ def router(context: IngressContext) -> APIRouter:
     )
     async def create_embeddings(body: EmbeddingsBody) -> Any:
         """One unit-length vector per input, in order; ``usage`` counts the text tokens."""
-        embeddings.check_model(body.model)
+        encoders = embeddings.encoders(body.model)
         kind, items = embeddings.inputs(body)
-        results = await embeddings.vectors(kind, items)
+        results = await embeddings.vectors(encoders, kind, items)
         dimension = len(results[0][0])
         if body.dimensions is not None and body.dimensions != dimension:
             raise BadRequestError(

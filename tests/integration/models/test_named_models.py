@@ -1,15 +1,19 @@
-"""Chat models a profile names itself, of architectures no code of vlgraph names: served side
-by side with BLIP, listed with the capabilities their checkpoints give them, and reached
-through every route their task allows (the documents' captioning and flag routes, collective
-captions, ``/v1/chat/completions`` whole and streamed through the official client), batches
-equal to single calls, and the model's own limits refused with a 422 that names them."""
+"""Models a profile names itself, of architectures no code of vlgraph names: served side by
+side with BLIP, listed with the capabilities their checkpoints give them, and reached through
+every route their task allows: for chat models the documents' captioning and flag routes,
+collective captions and ``/v1/chat/completions`` whole and streamed through the official
+client, with the model's own limits refused with a 422 that names them; for an embedding
+model (SigLIP) the documents' ``/encode_text`` and ``/encode_image`` and ``/v1/embeddings``,
+texts and images in one space. Batches equal single calls."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -57,6 +61,19 @@ def named_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> It
             }
             for name, source in NAMED.items()
         },
+        "sig": {
+            "task": "embed",
+            "source": "tiny:siglip",
+            "label": "SigLIP",
+            "device": "cpu",
+            "torch_threads": 1,
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+            "deployment": {
+                "max_ongoing_requests": 16,
+                "request_timeout_s": 60,
+                "ray_actor_options": {"num_cpus": 0.1},
+            },
+        },
     }
     args.update(vqa=None, clip_image=None, clip_text=None, sd=None, sdxl=None)
     serve.run(build_app(AppConfig.model_validate(args)), name=APP_NAME, route_prefix=ROUTE)
@@ -82,8 +99,11 @@ def client(url: str) -> openai.OpenAI:
 
 def test_named_models_are_listed_with_what_their_checkpoints_can_do(named_url: str) -> None:
     models = httpx.get(f"{named_url}/api/models", timeout=30).json()["models"]
-    assert [model["name"] for model in models] == ["blip", *NAMED]
-    for model in models[1:]:
+    assert [model["name"] for model in models] == ["blip", *NAMED, "sig"]
+    sig = models[-1]
+    assert set(sig["capabilities"]) == {"embed_image", "embed_text"}, sig
+    assert (sig["label"], sig["deployment"]) == ("SigLIP", "sig_embed")
+    for model in models[1:-1]:
         assert set(model["capabilities"]) == {"caption", "flag", "collective", "chat"}, model
         assert model["deployment"] == f"{model['name']}_chat" and model["label"] == model["name"]
         assert model["random_weights"] is True
@@ -152,3 +172,50 @@ def test_a_conversation_past_the_models_context_is_a_422_with_the_numbers(
     error = response.json()["error"]
     assert error["code"] == "prompt_too_long_for_model", error
     assert "reads at most 512" in error["message"], error
+
+
+def test_an_embedding_model_embeds_texts_and_images_through_every_route(named_url: str) -> None:
+    texts = ["a red circle", "ein blauer Stern"]
+    images = [jpeg_bytes(noise_image(90)), jpeg_bytes(noise_image(91))]
+    encoded_texts = httpx.post(
+        f"{named_url}/encode_text", json={"text": texts, "model": "sig", "normalize": True}
+    ).json()
+    assert (encoded_texts["model"], encoded_texts["dimension"]) == ("sig", 32)
+    b64 = [base64.b64encode(data).decode("ascii") for data in images]
+    encoded_images = httpx.post(
+        f"{named_url}/encode_image", json={"image_b64": b64, "model": "sig", "normalize": True}
+    ).json()
+    assert len(encoded_images["embeddings"]) == 2
+    one = httpx.post(f"{named_url}/encode_text", json={"text": texts[1], "model": "sig"}).json()
+    assert len(one["embedding"]) == 32 and one["normalized"] is False
+
+    by_text = client(named_url).embeddings.create(model="sig", input=texts)
+    assert by_text.model == "sig" and by_text.usage.prompt_tokens > 0
+    np.testing.assert_allclose(
+        [row.embedding for row in by_text.data], encoded_texts["embeddings"], atol=1e-5
+    )
+    by_image = client(named_url).embeddings.create(
+        model="sig",
+        input=[data_uri(data) for data in images],
+        extra_body={"modality": "image"},
+    )
+    np.testing.assert_allclose(
+        [row.embedding for row in by_image.data], encoded_images["embeddings"], atol=1e-5
+    )
+    assert by_image.usage.prompt_tokens == 0
+
+
+def test_the_embedding_routes_offer_the_named_model_and_refuse_others(named_url: str) -> None:
+    spec = httpx.get(f"{named_url}/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    assert schemas["EncodeTextRequest"]["properties"]["model"]["enum"] == ["sig"]
+    assert schemas["EncodeImageRequest"]["properties"]["model"]["enum"] == ["sig"]
+    refused = httpx.post(f"{named_url}/encode_text", json={"text": "a", "model": "qwen"})
+    assert refused.status_code in (400, 422), refused.text
+    assert "qwen" in refused.json()["detail"]
+    not_embedding = httpx.post(
+        f"{named_url}/v1/embeddings", json={"model": "qwen", "input": "a red circle"}
+    )
+    assert not_embedding.status_code == 400, not_embedding.text
+    error = not_embedding.json()["error"]
+    assert error["code"] == "embeddings_not_supported" and "sig" in error["message"], error
