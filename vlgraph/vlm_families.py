@@ -55,6 +55,9 @@ class VisionLanguageFamily:
 
     name: str
     multi_image: bool
+    #: Replaces ``AutoProcessor`` where a model's processor cannot load as it is (InternVL, and
+    #: processors with a video side, without torchvision).
+    processor_loader: Callable[[Path], Any] | None = field(default=None, compare=False)
 
     #: Whether the family continues conversations (``chat_inputs``).
     chats = True
@@ -145,6 +148,8 @@ class VisionLanguageFamily:
     # Family-specific parts, overridden by the subclasses below.
 
     def _load_processor(self, path: Path) -> Any:
+        if self.processor_loader is not None:
+            return self.processor_loader(path)
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path)
@@ -211,17 +216,10 @@ class ChatTemplateFamily(VisionLanguageFamily):
     """A model prompted through its own chat template (Gemma 3, InternVL, Qwen2.5-VL, ...):
     images first, then the instruction.
 
-    ``stop_tokens`` end a reply besides EOS; ``processor_loader`` replaces ``AutoProcessor``
-    where a model's processor cannot load as it is (InternVL without torchvision).
+    ``stop_tokens`` end a reply besides EOS.
     """
 
     stop_tokens: tuple[str, ...] = ()
-    processor_loader: Callable[[Path], Any] | None = field(default=None, compare=False)
-
-    def _load_processor(self, path: Path) -> Any:
-        if self.processor_loader is not None:
-            return self.processor_loader(path)
-        return super()._load_processor(path)
 
     def _stop_tokens(self) -> tuple[str, ...]:
         return self.stop_tokens
@@ -270,13 +268,7 @@ class PrefixFamily(VisionLanguageFamily):
     """A captioner without a chat template (PaliGemma's pretrained checkpoints, BLIP, GIT):
     one image and a text prefix the caption follows (PaliGemma's ``caption en``); no chat."""
 
-    processor_loader: Callable[[Path], Any] | None = field(default=None, compare=False)
     chats = False
-
-    def _load_processor(self, path: Path) -> Any:
-        if self.processor_loader is not None:
-            return self.processor_loader(path)
-        return super()._load_processor(path)
 
     def _inputs(
         self, processor: Any, images: list[list[Image.Image]], instructions: list[str | None]
