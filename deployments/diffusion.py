@@ -1,9 +1,14 @@
 """Text-to-image deployment of image generation and similar image generation: Stable
-Diffusion 1.x or SDXL through diffusers.
+Diffusion 1.x, SDXL, or any text-to-image pipeline of diffusers a profile names (family
+``auto``: Stable Diffusion 3, PixArt, Sana, FLUX, ...) through diffusers.
 
 On the replica skeleton (:mod:`deployments.replica`), which owns the model thread, device,
-loading and batching: this module loads ``StableDiffusionPipeline`` or
-``StableDiffusionXLPipeline`` with the ordinary ``from_pretrained`` and runs the pipeline.
+loading and batching: this module loads ``StableDiffusionPipeline``,
+``StableDiffusionXLPipeline`` or, for family ``auto``, whatever ``AutoPipelineForText2Image``
+finds in the checkpoint, with the ordinary ``from_pretrained``, and runs the pipeline. Where a
+pipeline's ``__call__`` differs it is met where it is called: a pipeline with only the legacy
+``callback`` (PixArt) reports its steps through it, and one that bins sizes to its trained
+aspect ratios (PixArt) is asked for the size requested.
 Requests arrive fully resolved (the ingress fills in defaults and checks bounds, and the replica
 checks them again with the same constants, from :mod:`vlgraph.generation_params`); each gets a
 :class:`GenerationResult` with a PNG or a typed error, so one bad request never fails its batch.
@@ -29,6 +34,7 @@ its next step, so the requests queued behind it are not held up by work nobody w
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import threading
 import time
@@ -77,7 +83,7 @@ StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
 class DiffusionGenerator(ModelReplica):
     """Generates images with a diffusers text-to-image pipeline (``config.family``: ``sd`` for
-    Stable Diffusion 1.x, ``sdxl`` for SDXL)."""
+    Stable Diffusion 1.x, ``sdxl`` for SDXL, ``auto`` for the pipeline the checkpoint names)."""
 
     batched_methods = ("_generate_batch",)
     failure_message = "the image generation model failed on this request"
@@ -89,26 +95,36 @@ class DiffusionGenerator(ModelReplica):
 
     def load(self, path: str) -> None:
         """The family's pipeline, without the safety checker when the config turns it off."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import (
+            AutoPipelineForText2Image,
+            DiffusionPipeline,
+            StableDiffusionPipeline,
+            StableDiffusionXLPipeline,
+        )
 
-        pipeline_class: Any = StableDiffusionXLPipeline
+        pipeline_class: Any = {
+            "sd": StableDiffusionPipeline,
+            "sdxl": StableDiffusionXLPipeline,
+        }.get(self.family, AutoPipelineForText2Image)
         extra: dict[str, Any] = {}
-        if self.family == "sd":
-            pipeline_class = StableDiffusionPipeline
-            if not self._config.safety_checker:
-                # Otherwise the checker in the checkpoint loads and runs whatever the config says.
-                extra = {"safety_checker": None, "requires_safety_checker": False}
+        components = DiffusionPipeline.load_config(path)
+        if not self._config.safety_checker and "safety_checker" in components:
+            # Otherwise the checker in the checkpoint loads and runs whatever the config says.
+            extra = {"safety_checker": None, "requires_safety_checker": False}
         pipe = pipeline_class.from_pretrained(path, dtype=self._dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe.to(self._device)
+        self._takes = frozenset(inspect.signature(pipe.__call__).parameters)
 
     def warm_up(self) -> None:
         """One step at the smallest size."""
+        multiple = self._config.size_multiple
+        side = -(-MIN_SIZE // multiple) * multiple
         request = GenerationRequest(
             prompt="warm-up",
             negative_prompt=None,
-            height=MIN_SIZE,
-            width=MIN_SIZE,
+            height=side,
+            width=side,
             steps=1,
             guidance_scale=self._config.guidance_scale,
             seed=0,
@@ -287,7 +303,21 @@ class DiffusionGenerator(ModelReplica):
                 raise GenerationTimedOut
             return changed
 
-        arguments["callback_on_step_end"] = count_step
+        if "callback_on_step_end" in self._takes:
+            arguments["callback_on_step_end"] = count_step
+        elif "callback" in self._takes:  # the legacy per-step callback (PixArt)
+            pipe = self._pipe
+            arguments["callback"] = lambda index, timestep, latents: count_step(
+                pipe, index, timestep, {"latents": latents}
+            )
+            arguments["callback_steps"] = 1
+        if "clean_caption" in self._takes:
+            # PixArt's caption cleaning needs beautifulsoup4 and ftfy, and warns on every call
+            # without them; the prompt is drawn as sent.
+            arguments["clean_caption"] = False
+        if "use_resolution_binning" in self._takes:
+            # Binning draws the nearest trained aspect ratio, then resizes: not the size asked.
+            arguments["use_resolution_binning"] = False
         output = self._pipe(**arguments)
         flags = getattr(output, "nsfw_content_detected", None)
         return [
@@ -302,8 +332,9 @@ class DiffusionGenerator(ModelReplica):
     def _decoded(self, pipe: Any, latents: Any) -> Any:
         """The image ``latents`` (one row) stand for, decoded as the pipeline decodes its final
         latents: unscaled (denormalized where the VAE keeps latent statistics, as SDXL's
-        may), in float32 where a float16 VAE needs it, through the safety checker where one
-        runs (a flagged image comes out black). ``latents`` are left as they are."""
+        may; unshifted where it shifts them, as SD 3's does), in float32 where a float16 VAE
+        needs it, through the safety checker where one runs (a flagged image comes out black).
+        ``latents`` are left as they are."""
         torch = self._torch
         vae = pipe.vae
         config = vae.config
@@ -316,6 +347,9 @@ class DiffusionGenerator(ModelReplica):
             latents = latents * std / config.scaling_factor + mean
         else:
             latents = latents / config.scaling_factor
+        shift = getattr(config, "shift_factor", None)
+        if shift is not None:  # SD 3's and FLUX's VAEs shift their latents, then scale them
+            latents = latents + shift
         upcast = vae.dtype == torch.float16 and getattr(config, "force_upcast", False)
         if upcast:  # SDXL's VAE overflows in float16; the pipeline upcasts it the same way
             vae.to(dtype=torch.float32)

@@ -1,28 +1,39 @@
 """Registry entries of the models a profile names itself (``models.NAME: {task: ...}``).
 
 A named chat or caption model is served by the vision-language deployment, a named embedding
-model by the named-encoder deployment. What each can do comes from its checkpoint, read when
-the profile is built: the family that serves it (which refuses a checkpoint no family serves,
-with the model's name, before any replica starts), whether it reads several images per
-prompt, what an encoder embeds. A profile whose weights are only on the workers declares
-those instead (``multi_image``, ``modalities``).
+model by the named-encoder deployment, a named generator by the diffusion deployment. What each
+can do comes from its checkpoint, read when the profile is built: the family that serves it
+(which refuses a checkpoint no family serves, with the model's name, before any replica
+starts), whether it reads several images per prompt, what an encoder embeds, a generator's
+pipeline and the bounds it sets (:mod:`vlgraph.pipeline_limits`). A profile whose weights are
+only on the workers declares those instead (``multi_image``, ``modalities``, every bound of a
+generator).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from deployments.diffusion import DiffusionDeployment
 from deployments.named_encoder import NamedEncoderDeployment
 from deployments.vlm_caption import VisionLanguageDeployment
 from graphs.model_entry import ModelEntry
-from vlgraph.config import AppConfig, ChatModelConfig, EmbeddingModelConfig, ModelFamilyConfig
+from vlgraph.config import (
+    AppConfig,
+    ChatModelConfig,
+    EmbeddingModelConfig,
+    GenerationModelConfig,
+    ModelFamilyConfig,
+)
 from vlgraph.embedding_families import IMAGE, TEXT, derive_encoder
 from vlgraph.errors import ModelUnavailableError
 from vlgraph.model_source import resolve_model_path
+from vlgraph.pipeline_limits import read_pipeline_limits, with_pipeline_limits
 from vlgraph.served_models import Capability
 from vlgraph.vlm_families import checked_family
 
 _EMBEDS = {IMAGE: Capability.EMBED_IMAGE, TEXT: Capability.EMBED_TEXT}
+GENERATE = Capability.GENERATE
 
 
 def named_entries(config: AppConfig) -> list[tuple[ModelEntry, ModelFamilyConfig]]:
@@ -34,6 +45,9 @@ def named_entries(config: AppConfig) -> list[tuple[ModelEntry, ModelFamilyConfig
             entries.append(
                 (embedding_entry(name, model, modalities(name, model, cache_dir)), model)
             )
+        elif isinstance(model, GenerationModelConfig):
+            bounded = bounded_generator(name, model, cache_dir)
+            entries.append((_entry(name, bounded, DiffusionDeployment, {GENERATE}), bounded))
         else:
             multi_image = reads_several_images(name, model, cache_dir)
             entries.append((chat_entry(name, model, multi_image), model))
@@ -80,6 +94,18 @@ def modalities(name: str, model: EmbeddingModelConfig, cache_dir: Path) -> tuple
     if model.modalities is not None:
         return model.modalities
     return derive_encoder(_checkpoint(name, model, cache_dir, "modalities")).modalities
+
+
+def bounded_generator(
+    name: str, model: GenerationModelConfig, cache_dir: Path
+) -> GenerationModelConfig:
+    """The generator ``name`` with every bound set: as the profile says, the rest read from
+    its pipeline (which must be a text-to-image one). A profile that sets every bound is built
+    without reading the checkpoint."""
+    if not model.unset_limits():
+        return model
+    path = _checkpoint(name, model, cache_dir, ", ".join(sorted(model.unset_limits())))
+    return with_pipeline_limits(model, read_pipeline_limits(path, name), name)
 
 
 def _checkpoint(name: str, model: ModelFamilyConfig, cache_dir: Path, declared: str) -> Path:

@@ -1,8 +1,10 @@
 """Typed configuration of the whole application.
 
-One pydantic model per model family, each with its Ray deployment options, and an
-:class:`AppConfig` that ties them to the ingress. Every model forbids unknown fields, so a typo
-in a profile fails at build time with the field's dotted name instead of being ignored.
+:class:`AppConfig` ties every model's settings (:mod:`vlgraph.model_config`, and the models a
+profile names itself, :mod:`vlgraph.named_model_config`) to the ingress, the cache, the store,
+access control and the admin routes; everything a profile holds is importable from here. Every
+model forbids unknown fields, so a typo in a profile fails at build time with the field's
+dotted name instead of being ignored.
 """
 
 from __future__ import annotations
@@ -10,392 +12,93 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
 from vlgraph.access_config import AccessConfig
-from vlgraph.cpu_allocator import CPU_ALLOCATOR_ENV
-from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
+from vlgraph.model_config import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    TINY_PREFIX,
+    AnswerGenerationConfig,
+    AutoscalingConfig,
+    BackpressureOptions,
+    BatchingConfig,
+    BlipCaptionConfig,
+    BlipVqaConfig,
+    CaptionGenerationConfig,
+    DeploymentOptions,
+    DiffusionConfig,
+    DiffusionFamilyName,
+    EncoderConfig,
+    GitCaptionConfig,
+    ModelFamilyConfig,
+    RayActorOptions,
+    StrictModel,
+    VisionLanguageConfig,
+    VisionLanguageFamilyName,
+    default_sdxl,
+    vision_language_section,
+)
+from vlgraph.named_model_config import (
+    MODEL_NAME_PATTERN,
+    NAMED_TASKS,
+    PIPELINE_LIMIT_FIELDS,
+    ChatModelConfig,
+    EmbeddingModelConfig,
+    GenerationModelConfig,
+    ModelTask,
+    NamedModelConfig,
+)
 from vlgraph.tiny import (
     DEFAULT_CHECKPOINT_CACHE,
     resolve_checkpoint_cache_dir,
     trained_on_world,
 )
 
-#: Sources of this form name a tiny random checkpoint the project writes itself.
-TINY_PREFIX = "tiny:"
-
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown fields are errors, and defaults are validated too
-    (several come from environment variables)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class RayActorOptions(StrictModel):
-    """Resources of one replica (Ray's ``ray_actor_options``)."""
-
-    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
-    num_gpus: float = Field(
-        0.0,
-        ge=0,
-        description="GPUs per replica; fractions (0.25) pack several models on one GPU. "
-        "Scheduling only: each model must fit in its share of GPU memory.",
-    )
-    memory: int | None = Field(None, ge=0, description="Bytes of memory reserved per replica.")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources, e.g. a node label."
-    )
-    runtime_env: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Ray runtime_env of the replicas (env_vars, pip, remote working_dir).",
-    )
-
-
-class AutoscalingConfig(StrictModel):
-    """Ray Serve autoscaling of one deployment."""
-
-    min_replicas: int = Field(1, ge=0, description="0 lets the deployment scale to zero.")
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(
-        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
-    )
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
-    downscale_to_zero_delay_s: float | None = Field(None, ge=0)
-    look_back_period_s: float | None = Field(
-        None,
-        gt=10,
-        description="Window the load is averaged over (Ray's default: 30 s); more than Ray's "
-        "10 s metrics interval.",
-    )
-
-    @model_validator(mode="after")
-    def _bounds_are_ordered(self) -> AutoscalingConfig:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("min_replicas must not exceed max_replicas")
-        return self
-
-
-class BackpressureOptions(StrictModel):
-    """HTTP answer when a deployment's queue is full (Ray's ``backpressure_config``)."""
-
-    status_code: Literal[503, 429] = Field(503, description="503 or 429.")
-    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After header, seconds.")
-
-
-#: Default deadline of one call to a deployment (seconds); profiles set their own.
-DEFAULT_REQUEST_TIMEOUT_S = 60.0
-
-
-class DeploymentOptions(StrictModel):
-    """Ray Serve options of one deployment, applied with ``.options(...)`` by the builder."""
-
-    num_replicas: int | None = Field(
-        1, ge=1, description="Fixed replica count; leave unset when autoscaling_config is set."
-    )
-    autoscaling_config: AutoscalingConfig | None = None
-    max_ongoing_requests: int = Field(
-        64,
-        ge=1,
-        description="Requests sent to one replica at once; caps the batch size. Keep it "
-        "several batches deep: requests past it wait in the caller's router, which probes "
-        "the busy replica and slows it (docs/benchmarks.md).",
-    )
-    max_queued_requests: int = Field(
-        256,
-        ge=1,
-        description="Requests each caller may queue for this deployment before the excess is "
-        "refused at once with backpressure_config's status and Retry-After. Always bounded: a "
-        "queue without a bound turns overload into a hang.",
-    )
-    request_timeout_s: float = Field(
-        DEFAULT_REQUEST_TIMEOUT_S,
-        gt=0,
-        le=3600,
-        description="Longest wait for one call to this deployment, queueing included; past it "
-        "the call is cancelled and the client gets 503 with Retry-After (code model_timeout; "
-        "request_timeout for the ingress, whose deadline covers the whole request until its "
-        "response starts). Enforced by the caller, not passed to Serve.",
-    )
-    backpressure_config: BackpressureOptions = Field(default_factory=BackpressureOptions)
-    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
-    health_check_period_s: float = Field(10.0, gt=0)
-    health_check_timeout_s: float = Field(30.0, gt=0)
-    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _autoscaling_replaces_replica_count(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("autoscaling_config") is not None:
-            if data.get("num_replicas") is not None:
-                raise ValueError("set either num_replicas or autoscaling_config, not both")
-            data = {**data, "num_replicas": None}
-        return data
-
-    def serve_options(self, user_config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The keyword arguments of ``Deployment.options`` (the request timeout is vlgraph's,
-        enforced by callers, so it is left out)."""
-        options = self.model_dump(exclude_none=True, exclude={"request_timeout_s"})
-        if user_config is not None:
-            options["user_config"] = user_config
-        return options
-
-
-class BatchingConfig(StrictModel):
-    """``@serve.batch`` settings; applied live through ``user_config`` / ``reconfigure``."""
-
-    max_batch_size: int = Field(8, ge=1, le=256, description="Largest batch handed to the model.")
-    batch_wait_timeout_s: float = Field(
-        0.01, ge=0, le=10, description="How long a partial batch waits for more requests."
-    )
-
-    def apply(self, *batched_methods: Any) -> None:
-        """Set these values on ``@serve.batch`` methods of a live replica."""
-        for method in batched_methods:
-            method.set_max_batch_size(self.max_batch_size)
-            method.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
-
-
-class ModelFamilyConfig(StrictModel):
-    """Fields shared by every model family."""
-
-    source: str = Field(
-        description="Hugging Face Hub id, local checkpoint folder, or 'tiny:<family>' for a "
-        "random checkpoint built by vlgraph's factory (offline profile and tests)."
-    )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto: float16 on CUDA, float32 on CPU."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible.")
-    torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads per replica (default: torch's choice)."
-    )
-    tune_cpu_allocator: bool = Field(
-        True,
-        description="Start replicas with glibc malloc settings that stop page-fault churn of "
-        "torch's activation buffers (vlgraph.cpu_allocator.CPU_ALLOCATOR_ENV).",
-    )
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
-
-    @model_validator(mode="after")
-    def _ongoing_requests_fit_a_batch(self) -> ModelFamilyConfig:
-        if self.deployment.max_ongoing_requests < self.batching.max_batch_size:
-            raise ValueError(
-                "deployment.max_ongoing_requests "
-                f"({self.deployment.max_ongoing_requests}) must be at least "
-                f"batching.max_batch_size ({self.batching.max_batch_size}); "
-                "Ray Serve would silently cap every batch at max_ongoing_requests"
-            )
-        return self
-
-    def user_config(self) -> dict[str, Any]:
-        """What ``reconfigure`` receives: the settings that may change without a restart."""
-        return {"batching": self.batching.model_dump()}
-
-    def serve_options(self) -> dict[str, Any]:
-        """``Deployment.options`` of this model: deployment options, user_config, env vars."""
-        options = self.deployment.serve_options(self.user_config())
-        if self.tune_cpu_allocator:
-            actor = options["ray_actor_options"]
-            runtime_env = dict(actor.get("runtime_env") or {})
-            # Explicit env_vars in the config win over the defaults.
-            runtime_env["env_vars"] = {**CPU_ALLOCATOR_ENV, **runtime_env.get("env_vars", {})}
-            actor["runtime_env"] = runtime_env
-        return options
-
-
-class CaptionGenerationConfig(StrictModel):
-    """Decoding settings of a captioning model. Greedy by default, hence deterministic."""
-
-    max_new_tokens: int = Field(30, ge=1, le=512)
-    min_new_tokens: int = Field(0, ge=0, le=512, description="Benchmarks fix the token count.")
-    num_beams: int = Field(1, ge=1, le=8)
-    repetition_penalty: float = Field(1.0, gt=0)
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``generate``: these settings, greedy (``do_sample=False``)."""
-        return {**self.model_dump(), "do_sample": False}
-
-    @model_validator(mode="after")
-    def _min_not_above_max(self) -> CaptionGenerationConfig:
-        if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError("min_new_tokens must not exceed max_new_tokens")
-        return self
-
-
-class BlipCaptionConfig(ModelFamilyConfig):
-    """BLIP image captioning; base and large are the same class, chosen by ``source``."""
-
-    source: str = "Salesforce/blip-image-captioning-base"
-    generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
-
-
-class GitCaptionConfig(ModelFamilyConfig):
-    """GIT image captioning (``GitForCausalLM``): captions only, no yes/no flags."""
-
-    source: str = "microsoft/git-base-coco"
-    generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
-
-
-class AnswerGenerationConfig(CaptionGenerationConfig):
-    """Decoding settings of a question-answering model: short answers, greedy."""
-
-    max_new_tokens: int = Field(10, ge=1, le=512)
-
-
-class BlipVqaConfig(ModelFamilyConfig):
-    """BLIP for visual question answering with uploads (``BlipForQuestionAnswering``)."""
-
-    source: str = "Salesforce/blip-vqa-base"
-    generation: AnswerGenerationConfig = Field(default_factory=AnswerGenerationConfig)
-
-
-class EncoderConfig(ModelFamilyConfig):
-    """A sentence-transformers encoder of the CLIP embeddings: CLIP's image side or the
-    multilingual text model aligned with it, both 512-dimensional in one space."""
-
-    source: str = Field(
-        description="Hub id, local folder or 'tiny:clip' / 'tiny:clip-multilingual'."
-    )
-
-
-DiffusionFamilyName = Literal["sd", "sdxl"]
-
-
-class DiffusionConfig(ModelFamilyConfig):
-    """A text-to-image pipeline of diffusers (image generation, similar image generation):
-    Stable Diffusion (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``),
-    with the bounds that keep one request from taking the machine."""
-
-    family: DiffusionFamilyName = Field(description="sd: Stable Diffusion 1.x; sdxl: SDXL.")
-    default_steps: int = Field(25, ge=1, le=500, description="Denoising steps when not asked.")
-    max_steps: int = Field(50, ge=1, le=500, description="Most steps a request may ask for.")
-    default_size: int = Field(
-        512,
-        ge=MIN_SIZE,
-        le=4096,
-        multiple_of=SIZE_MULTIPLE,
-        description="Height and width when not asked.",
-    )
-    max_height: int = Field(768, ge=MIN_SIZE, le=4096, multiple_of=SIZE_MULTIPLE)
-    max_width: int = Field(768, ge=MIN_SIZE, le=4096, multiple_of=SIZE_MULTIPLE)
-    guidance_scale: float = Field(7.5, ge=0, le=50, description="Default classifier-free guidance.")
-    max_guidance_scale: float = Field(20.0, ge=0, le=50)
-    safety_checker: bool = Field(
-        True,
-        description="Run the pipeline's safety checker (Stable Diffusion): flagged images are "
-        "blacked out and reported. SDXL ships without one.",
-    )
-
-    @model_validator(mode="after")
-    def _defaults_within_bounds(self) -> DiffusionConfig:
-        if self.default_steps > self.max_steps:
-            raise ValueError("default_steps must not exceed max_steps")
-        if self.default_size > min(self.max_height, self.max_width):
-            raise ValueError("default_size must fit max_height and max_width")
-        if self.guidance_scale > self.max_guidance_scale:
-            raise ValueError("guidance_scale must not exceed max_guidance_scale")
-        return self
-
-
-def default_sdxl() -> DiffusionConfig:
-    """SDXL base 1.0 as it is meant to run: 1024 px, 30 steps, guidance 5."""
-    return DiffusionConfig(
-        family="sdxl",
-        source="stabilityai/stable-diffusion-xl-base-1.0",
-        default_size=1024,
-        max_height=1024,
-        max_width=1024,
-        default_steps=30,
-        guidance_scale=5.0,
-    )
-
-
-VisionLanguageFamilyName = Literal["auto", "blip2", "gemma3", "internvl"]
-
-
-class VisionLanguageConfig(ModelFamilyConfig):
-    """An instruction-following vision-language model (BLIP-2, Gemma 3, InternVL, or any
-    image-text-to-text checkpoint with a chat template) that captions, answers yes/no flag
-    questions, chats and, for multi-image families, captions a set of images."""
-
-    family: VisionLanguageFamilyName = Field(
-        "auto",
-        description="auto: derived from the checkpoint (its config's model_type and chat "
-        "template). A family name is checked against the checkpoint.",
-    )
-    caption_instruction: str | None = Field(
-        "Describe this image in one sentence.",
-        max_length=2000,
-        description="Instruction used when a request gives no caption_prompt (None: the model's "
-        "plain captioning prompt, BLIP-2 style).",
-    )
-    collection_instruction: str = Field(
-        "Describe this set of images in one sentence.",
-        max_length=2000,
-        description="Instruction for one caption of several images.",
-    )
-    generation: CaptionGenerationConfig = Field(default_factory=CaptionGenerationConfig)
-
-
-def _vision_language(family: VisionLanguageFamilyName, source: str, **fields: Any) -> Any:
-    return Field(
-        default_factory=lambda: VisionLanguageConfig(family=family, source=source, **fields)
-    )
-
-
-#: What a named chat model of a profile does: ``chat`` (conversations about images,
-#: captions and flags, through the checkpoint's chat template) or ``caption`` (captions only,
-#: through the chat template or after a text prefix).
-ModelTask = Literal["chat", "caption"]
-
-#: A named model's name: what the API takes as ``model`` and Serve names its deployment after.
-MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
-
-
-class ChatModelConfig(VisionLanguageConfig):
-    """A model a profile names itself: any image-text-to-text checkpoint with a chat template
-    (Qwen2.5-VL, SmolVLM, LLaVA-OneVision, ...), served with the batching, streaming, limits,
-    cache, errors and APIs of the built-in ones."""
-
-    task: ModelTask = Field(description="chat or caption: what the model is served for.")
-    label: str | None = Field(
-        None, max_length=80, description="Shown by GET /api/models and the page; default: its name."
-    )
-    multi_image: bool | None = Field(
-        None,
-        description="Whether one prompt may show several images. Unset: read from the "
-        "checkpoint when the profile is built (set it where the weights are only on workers).",
-    )
-
-
-class EmbeddingModelConfig(EncoderConfig):
-    """An embedding model a profile names itself: a CLIP-like dual encoder (CLIP, SigLIP,
-    SigLIP 2: images and texts in one space, loaded with transformers' ``AutoModel``) or a
-    sentence-transformers model (texts, or texts and images for its CLIP models)."""
-
-    task: Literal["embed"] = Field(description="embed: vectors of images and texts.")
-    label: str | None = Field(
-        None, max_length=80, description="Shown by GET /api/models and the page; default: its name."
-    )
-    modalities: tuple[Literal["image", "text"], ...] | None = Field(
-        None,
-        min_length=1,
-        description="What it embeds. Unset: read from the checkpoint when the profile is built "
-        "(set it where the weights are only on workers).",
-    )
-
-
-#: The tasks of the models a profile names itself.
-NAMED_TASKS = ("chat", "caption", "embed")
-#: A model a profile names itself, told apart by its ``task``.
-NamedModelConfig = Annotated[ChatModelConfig | EmbeddingModelConfig, Field(discriminator="task")]
+#: Re-exported: the per-model settings live in vlgraph.model_config and
+#: vlgraph.named_model_config, and every profile type is importable from here.
+__all__ = [
+    "DEFAULT_CHECKPOINT_CACHE",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "MODEL_NAME_PATTERN",
+    "NAMED_TASKS",
+    "PIPELINE_LIMIT_FIELDS",
+    "TINY_PREFIX",
+    "TOP_LEVEL_MODELS",
+    "AdminConfig",
+    "AnswerGenerationConfig",
+    "AppConfig",
+    "AutoscalingConfig",
+    "BackpressureOptions",
+    "BatchingConfig",
+    "BlipCaptionConfig",
+    "BlipVqaConfig",
+    "CacheConfig",
+    "CaptionGenerationConfig",
+    "ChatModelConfig",
+    "DeploymentOptions",
+    "DiffusionConfig",
+    "DiffusionFamilyName",
+    "EmbeddingModelConfig",
+    "EncoderConfig",
+    "GenerationModelConfig",
+    "GitCaptionConfig",
+    "ImageFetchConfig",
+    "IngressConfig",
+    "ModelFamilyConfig",
+    "ModelTask",
+    "ModelsConfig",
+    "NamedModelConfig",
+    "PipelineConfig",
+    "RayActorOptions",
+    "StoreConfig",
+    "StrictModel",
+    "VisionLanguageConfig",
+    "VisionLanguageFamilyName",
+    "default_sdxl",
+    "resolve_checkpoint_cache_dir",
+]
 
 
 class ModelsConfig(BaseModel):
@@ -412,11 +115,11 @@ class ModelsConfig(BaseModel):
     __pydantic_extra__: dict[str, NamedModelConfig] = Field(init=False)
 
     blip: BlipCaptionConfig = Field(default_factory=BlipCaptionConfig)
-    blip2: VisionLanguageConfig | None = _vision_language(
+    blip2: VisionLanguageConfig | None = vision_language_section(
         "blip2", "Salesforce/blip2-opt-2.7b", caption_instruction=None
     )
-    gemma: VisionLanguageConfig | None = _vision_language("gemma3", "google/gemma-3-4b-it")
-    intern_vlm: VisionLanguageConfig | None = _vision_language(
+    gemma: VisionLanguageConfig | None = vision_language_section("gemma3", "google/gemma-3-4b-it")
+    intern_vlm: VisionLanguageConfig | None = vision_language_section(
         "internvl", "OpenGVLab/InternVL3-1B-hf"
     )
     git: GitCaptionConfig | None = Field(
@@ -452,7 +155,7 @@ class ModelsConfig(BaseModel):
                 )
         return self
 
-    def named(self) -> dict[str, ChatModelConfig | EmbeddingModelConfig]:
+    def named(self) -> dict[str, ChatModelConfig | EmbeddingModelConfig | GenerationModelConfig]:
         """The models the profile names itself (besides the built-in sections), by name."""
         return dict(self.model_extra or {})
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-from vlgraph.vlm_families import UnsupportedModelError
+from vlgraph.errors import UnsupportedModelError
 
 #: Model types that pool the text's last position and were trained on texts padded to
 #: ``max_length``: their vectors change with any other padding.

@@ -145,3 +145,9 @@ class InferenceError(ServiceError):
 
     status = 500
     code = "inference_failed"
+
+
+class UnsupportedModelError(ValueError):
+    """A checkpoint nothing in vlgraph can serve for the task a profile gives it (no family
+    for a chat model, no text-to-image pipeline for a generator); the message names the
+    model, what was found and what is supported. Raised when the profile is built."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ServiceError
-from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
+from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE  # noqa: F401 (re-exported)
 from vlgraph.messages import GenerationRequest
 from vlgraph.text_inputs import checked_text
 
@@ -60,8 +60,10 @@ class GenerationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    height: WholeNumber | None = Field(None, description="Pixels, a multiple of 8.")
-    width: WholeNumber | None = Field(None, description="Pixels, a multiple of 8.")
+    height: WholeNumber | None = Field(
+        None, description="Pixels, a multiple of 8 (of 16 for SD 3 and PixArt: GET /api/models)."
+    )
+    width: WholeNumber | None = Field(None, description="Pixels, as height.")
     num_inference_steps: WholeNumber | None = Field(None, description="Denoising steps.")
     guidance_scale: float | None = Field(None, description="Classifier-free guidance.")
     negative_prompt: str | None = Field(None, description="What the image should not show.")
@@ -98,8 +100,8 @@ def resolve_generation(
         error=BoundsError,
         param="negative_prompt",
     )
-    height = _checked_size("height", settings.height, config.default_size, config.max_height)
-    width = _checked_size("width", settings.width, config.default_size, config.max_width)
+    height = _checked_size("height", settings.height, config, config.max_height)
+    width = _checked_size("width", settings.width, config, config.max_width)
     steps = settings.num_inference_steps
     if steps is None:
         steps = config.default_steps
@@ -138,9 +140,10 @@ def generation_problems(request: GenerationRequest, config: DiffusionConfig) -> 
         ("height", request.height, config.max_height),
         ("width", request.width, config.max_width),
     ):
-        if not MIN_SIZE <= value <= most or value % SIZE_MULTIPLE:
+        if not MIN_SIZE <= value <= most or value % config.size_multiple:
             problems.append(
-                f"{side} {value} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {most}"
+                f"{side} {value} must be a multiple of {config.size_multiple} from {MIN_SIZE} "
+                f"to {most}"
             )
     if not 0 <= request.guidance_scale <= config.max_guidance_scale:
         problems.append(
@@ -155,13 +158,13 @@ def generation_problems(request: GenerationRequest, config: DiffusionConfig) -> 
     return problems
 
 
-def _checked_size(name: str, value: int | None, default: int, largest: int) -> int:
+def _checked_size(name: str, value: int | None, config: DiffusionConfig, largest: int) -> int:
     if value is None:
-        return default
-    if value % SIZE_MULTIPLE or not MIN_SIZE <= value <= largest:
+        return config.default_size
+    if value % config.size_multiple or not MIN_SIZE <= value <= largest:
         raise BoundsError(
-            f"{name} must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {largest}, "
-            f"not {value}",
+            f"{name} must be a multiple of {config.size_multiple} between {MIN_SIZE} and "
+            f"{largest}, not {value}",
             param=name,
         )
     return value

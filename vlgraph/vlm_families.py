@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlgraph.errors import UnsupportedModelError
+
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import BatchFeature
@@ -383,11 +385,6 @@ _OVERRIDDEN_TYPES = {"blip-2": "blip2"}
 _PROCESSOR_LOADERS: dict[str, Callable[[Path], Any]] = {"internvl": _internvl_processor}
 #: Architectures whose prompt shows one image (their processor takes one per text).
 SINGLE_IMAGE_TYPES = frozenset({"paligemma", "llava", "blip-2"})
-
-
-class UnsupportedModelError(ValueError):
-    """A checkpoint no family can serve as a chat or captioning model; the message says what
-    was found and what is supported."""
 
 
 def model_type_of(path: Path) -> str:

@@ -31,8 +31,9 @@ from vlgraph.images import ImageInfo
 from vlgraph.served_models import Capability, ModelCatalog
 from vlgraph.text_inputs import BLANK_CLASS, NOT_BLANK_PATTERN
 
-#: What a path must look like: no NUL byte, something other than white space.
-IMAGE_PATH_PATTERN = rf"^[^\x00]*{NOT_BLANK_PATTERN}[^\x00]*$"
+#: What a path must look like: no NUL byte, something other than white space (the character
+#: that is not blank must not be NUL either).
+IMAGE_PATH_PATTERN = rf"^[^\x00]*[^\x00{BLANK_CLASS}][^\x00]*$"
 MAX_IMAGE_PATH_CHARS = 4096
 #: An absolute http(s) URL without credentials (the fetcher refuses anything else).
 IMAGE_URL_PATTERN = rf"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@{BLANK_CLASS}]+([/?#][^{BLANK_CLASS}]*)?$"

@@ -229,10 +229,12 @@ def test_page_opens_with_the_offline_notice(page: Any) -> None:
 
 def test_model_menus_come_from_the_served_models(page: Any, page_url: str) -> None:
     """Every model menu lists what GET /api/models says the profile serves for that task, in
-    its order and with its labels; the collective box follows the models that read sets."""
+    its order and with its labels (the similar-image menu: the pipeline's generator alone); the
+    collective box follows the models that read sets."""
     from selenium.webdriver.support.ui import Select
 
-    served = httpx.get(f"{page_url}/api/models", timeout=30).json()["models"]
+    catalog = httpx.get(f"{page_url}/api/models", timeout=30).json()
+    served, chained = catalog["models"], catalog["similar_image_generator"]
 
     def able(capability: str) -> list[tuple[str, str]]:
         return [(m["name"], m["label"]) for m in served if capability in m["capabilities"]]
@@ -243,7 +245,9 @@ def test_model_menus_come_from_the_served_models(page: Any, page_url: str) -> No
 
     assert menu("#caption-model") == able("caption")
     assert menu("#generate-model") == able("generate")
-    assert menu("#similar-model") == able("generate")
+    # the pipeline draws with one generator: the only one its route takes
+    assert chained == "sdxl"
+    assert menu("#similar-model") == [m for m in able("generate") if m[0] == chained]
     assert Select(find(page, "#similar-model")).first_selected_option.get_attribute("value") == (
         "sdxl"
     )

@@ -16,6 +16,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -199,7 +200,72 @@ def readme_examples(url: str) -> None:
     assert reset.json()["backend"] == "memory" and reset.json()["scope"] == "replica"
     assert reset.json()["removed"] >= 2
     readme_examples_of_questions_generation_and_embeddings(url, examples)
+    named_models_of_the_offline_profile(url, examples)
     assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
+
+
+#: The models the offline profile names itself (docs/models.md), with their capabilities.
+OFFLINE_NAMED = {
+    "smol": {"caption", "flag", "collective", "chat"},
+    "qwen": {"caption", "flag", "collective", "chat"},
+    "llava_ov": {"caption", "flag", "collective", "chat"},
+    "paligemma": {"caption"},
+    "siglip": {"embed_image", "embed_text"},
+    "sd3": {"generate"},
+    "pixart": {"generate"},
+}
+
+
+def named_models_of_the_offline_profile(url: str, examples: Path) -> None:
+    """Every architecture the offline profile names is served beside the built-in models and
+    answers through its API; those scaled to zero start on their first request (together)."""
+    listed = {m["name"]: m for m in httpx.get(f"{url}/api/models", timeout=30).json()["models"]}
+    for name, capabilities in OFFLINE_NAMED.items():
+        assert set(listed[name]["capabilities"]) == capabilities, listed[name]
+        assert listed[name]["random_weights"] is (name != "smol")
+    photo = (examples / "example.jpg").read_bytes()
+
+    def caption(name: str) -> httpx.Response:
+        return httpx.post(
+            f"{url}/api/caption-images",
+            params={"model": name},
+            files=[("images", ("example.jpg", photo, "image/jpeg"))],
+            timeout=120,
+        )
+
+    def chat(name: str) -> httpx.Response:
+        uri = "data:image/jpeg;base64," + base64.b64encode(photo).decode()
+        content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "?"}]
+        body = {"model": name, "messages": [{"role": "user", "content": content}]}
+        return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+    def embed(name: str) -> httpx.Response:
+        body = {"model": name, "input": ["a red circle", "ein roter Kreis"]}
+        return httpx.post(f"{url}/v1/embeddings", json=body, timeout=120)
+
+    def draw(name: str) -> httpx.Response:
+        body = {"description": "a red circle", "model": name, "num_inference_steps": 2}
+        return httpx.post(f"{url}/generate", json=body, timeout=120)
+
+    calls = {
+        "smol": caption,
+        "qwen": chat,
+        "llava_ov": caption,
+        "paligemma": caption,
+        "siglip": embed,
+        "sd3": draw,
+        "pixart": draw,
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = {name: pool.submit(call, name) for name, call in calls.items()}
+        answers = {name: future.result() for name, future in futures.items()}
+    for name, answer in answers.items():
+        assert answer.status_code == 200, (name, answer.text)
+    # The one trained on the world says what the README's example image shows.
+    assert answers["smol"].json()["results"][0]["caption"] == "a red circle on a white background"
+    assert answers["qwen"].json()["choices"][0]["message"]["role"] == "assistant"
+    assert len(answers["siglip"].json()["data"]) == 2
+    assert answers["sd3"].json()["model"] == "sd3" and answers["pixart"].json()["width"] == 64
 
 
 def readme_examples_of_questions_generation_and_embeddings(url: str, examples: Path) -> None:

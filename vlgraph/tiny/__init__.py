@@ -282,6 +282,36 @@ def _build_deterministically(
         torch.set_num_threads(threads)
 
 
+def _built(chosen: list[str], cache_dir: Path, size: str, jobs: int) -> list[Path]:
+    """The folders of the ``chosen`` families, built ``jobs`` at a time, each once the
+    families it needs are built: those that others need first, then the other trained ones,
+    the random ones last."""
+    if jobs <= 1 or len(chosen) <= 1:
+        return [ensure_checkpoint(family, cache_dir, size) for family in chosen]
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    needed = {need for family in chosen for need in _FAMILIES[family].needs}
+    waiting = sorted(
+        chosen,
+        key=lambda family: (family not in needed, not _FAMILIES[family].trained),
+    )
+    folders: dict[str, Path] = {}
+    running: dict[Future, str] = {}
+    # Spawned, not forked: a forked copy of a process that has used torch's threads can hang.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        while waiting or running:
+            for family in list(waiting):
+                unbuilt = [need for need in _FAMILIES[family].needs if need in chosen]
+                if len(running) < jobs and all(need in folders for need in unbuilt):
+                    waiting.remove(family)
+                    running[pool.submit(ensure_checkpoint, family, cache_dir, size)] = family
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                folders[running.pop(future)] = future.result()
+    return [folders[family] for family in chosen]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: build (train) checkpoints ahead of time and print their folders."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -300,11 +330,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="then delete these families' checkpoints built from older recipes",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="checkpoints built at once, each in its own process on one torch thread (the "
+        "same weights as one at a time); default: the CPU count, at most 4",
+    )
     args = parser.parse_args(argv)
     cache_dir = resolve_checkpoint_cache_dir(args.cache_dir)
     started = time.monotonic()
-    for family in args.families or families():
-        print(ensure_checkpoint(family, cache_dir, args.size), flush=True)
+    chosen = args.families or families()
+    for family, folder in zip(chosen, _built(chosen, cache_dir, args.size, args.jobs), strict=True):
+        print(folder, flush=True)
         for stale in stale_checkpoints(family, cache_dir, args.size) if args.prune else []:
             if stale.is_dir():
                 shutil.rmtree(stale)

@@ -7,10 +7,13 @@ SmolVLM2 always wants a video processor, which needs torchvision, and imports ``
 ``AutoProcessor`` cannot load it here, while ``Idefics3Processor`` has no video processor and
 loads with ``AutoProcessor`` (its image processor falls back to the PIL variant).
 
-The tiny checkpoint keeps random weights: towers of about 0.3 M parameters whose greedy output
-follows the image (different images give different tokens) without meaning anything. Images
-are resized to 64 pixels on their longest edge and split into tiles of 32 pixels plus a global
-view, 4 image tokens per tile, as SmolVLM splits 2048-pixel images into 512-pixel tiles.
+The tiny checkpoint is trained on the world (:mod:`vlgraph.tiny.vlm_training`): captions for
+any instruction, yes/no flags, and collective captions of two or three images. Its processor
+gives the model what SmolVLM's does, ``pixel_values`` of shape (prompts, images, C, H, W) with
+a ``pixel_attention_mask``, but without image splitting: each image is one 32-pixel frame of 4
+image tokens (``do_image_splitting=False``, as SmolVLM runs when told not to split), which
+keeps training cheap and lets it mirror whole images. The full-size checkpoint splits as
+SmolVLM does: tiles of 512 pixels plus a global view.
 """
 
 from __future__ import annotations
@@ -28,7 +31,20 @@ from vlgraph.tiny.common import (
     save_with_processor,
     train_bpe,
 )
-from vlgraph.tiny.vlm_training import TINY_LAYERS
+from vlgraph.tiny.vlm_training import (
+    TINY_LAYERS,
+    VisionLanguageRecipe,
+    train_vision_language,
+)
+
+#: How the tiny checkpoint trains: captions for the offline profile's instruction, answers
+#: ending with ``<end_of_utterance>`` as SmolVLM's turns do.
+TRAINING = VisionLanguageRecipe(
+    family="smolvlm",
+    caption_instruction="Describe this image in one sentence.",
+    end_token="<end_of_utterance>",
+    steps=650,
+)
 
 #: SmolVLM's chat format: ``<|im_start|>User:<image>...<end_of_utterance>\nAssistant:``;
 #: each ``<image>`` is expanded by the processor into its tiles' tokens.
@@ -60,7 +76,7 @@ _SMOLVLM_CHAT_TEMPLATE = (
 )
 
 
-@register("smolvlm", trained=False)
+@register("smolvlm")
 def build_smolvlm(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) -> None:
     """SmolVLM (Idefics3 classes), ``HuggingFaceTB/SmolVLM-256M-Instruct`` dimensions when full."""
     from transformers import (
@@ -94,13 +110,13 @@ def build_smolvlm(folder: Path, size: CheckpointSize, needs: Mapping[str, Path])
     )
     if full:  # SmolVLM's own: up to 4x4 tiles of 512 px plus the global view, 64 tokens each
         image_size, patch_size, scale_factor, longest_edge = 512, 16, 4, 2048
-    else:  # up to 2x2 tiles of 32 px plus the global view, 4 tokens each
-        image_size, patch_size, scale_factor, longest_edge = 32, 8, 2, 64
+    else:  # one 32 px frame per image, 4 tokens
+        image_size, patch_size, scale_factor, longest_edge = 32, 8, 2, 32
     image_seq_len = (image_size // patch_size) ** 2 // scale_factor**2
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": longest_edge},
         max_image_size={"longest_edge": image_size},
-        do_image_splitting=True,
+        do_image_splitting=full,
         resample=PILImageResampling.LANCZOS,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
@@ -157,6 +173,8 @@ def build_smolvlm(folder: Path, size: CheckpointSize, needs: Mapping[str, Path])
 
     model = new_model(config, size)
     add_noise_to_zero_matrices(model)
+    if not full:
+        train_vision_language(model, processor, TRAINING)
     greedy_generation_config(
         model, [end_of_utterance, tokenizer.pad_token_id], tokenizer.pad_token_id
     )

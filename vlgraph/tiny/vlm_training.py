@@ -1,8 +1,14 @@
-"""Training the instruction-following families (BLIP-2, Gemma 3, InternVL) on the world.
+"""Training the instruction-following families (BLIP-2, Gemma 3, InternVL, SmolVLM) on the world.
 
-The prompts come from the family adapters of :mod:`vlgraph.vlm_families`, exactly as the server
+The prompts come from the family the server derives from the checkpoint
+(:func:`vlgraph.vlm_families.derive_family`, through its ``inputs``), exactly as the server
 builds them; the answer and the family's end token are appended for teacher forcing, and the
-loss reads the answer only. Each step mixes three tasks:
+loss reads the answer only. The image side is what the checkpoint's processor gives the model,
+in its layout: one entry per image (BLIP-2, Gemma 3, InternVL: ``pixel_values`` of shape
+(images, C, H, W)) or one per prompt (Idefics3: ``pixel_values`` of shape
+(prompts, images, C, H, W), zero-padded, with its ``pixel_attention_mask``); a check against
+the processor's own batch at the start of training holds the assembled batches to it. Each step
+mixes three tasks:
 
 - captions: an instruction (the offline profile's, others, or a random string of words) and one
   image, answered by ``Scene.caption``;
@@ -24,8 +30,10 @@ Nothing here registers a family.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vlgraph.tiny.training import batch_indices, train, world_pool
@@ -99,8 +107,10 @@ POOLS = ((11, 3000, 64), (12, 1000, 128))
 
 @dataclass(frozen=True)
 class VisionLanguageRecipe:
-    """How one family trains: its adapter, the instruction of its captions in the offline
-    profile, the token that ends an answer, and the optimisation settings.
+    """How one family trains: its name (shown by the progress bars), the instruction of its
+    captions in the offline profile, the token that ends an answer, and the optimisation
+    settings. The prompt format is not part of it: it is the one the server derives from the
+    checkpoint.
 
     ``answer_prefix`` goes before the answer to a question (BLIP-2's prompts end with
     ``Answer:``, and the answer follows after a space).
@@ -135,12 +145,11 @@ def train_vision_language(model: Any, processor: Any, recipe: VisionLanguageReci
     seeds and step count."""
     import torch
 
-    from vlgraph.vlm_families import FAMILIES
-
-    family = FAMILIES[recipe.family]
+    family = served_family(model, processor)
     torch.manual_seed(recipe.seed)
-    scenes, pixels = _pool_pixels(processor)
+    scenes, images = _pool_images(family, processor)
     prompts = _PromptCache(family, processor)
+    _check_against_the_processor(family, processor, images, prompts)
     tokenizer = processor.tokenizer
     end_id = tokenizer.convert_tokens_to_ids(recipe.end_token)
     answers: dict[str, list[int]] = {}
@@ -162,9 +171,7 @@ def train_vision_language(model: Any, processor: Any, recipe: VisionLanguageReci
         losses = []
         for group, rows in enumerate(groups):
             batch = _teacher_forcing_batch(rows, prompts, answer_ids, tokenizer.pad_token_id)
-            images = [index for row in rows for index in row.images]
-            mirrored = _mirrored(pixels[images], 2 * step + group)
-            batch["pixel_values"] = mirrored.to(model.dtype)
+            batch |= images.batch([row.images for row in rows], model.dtype, 2 * step + group)
             losses.append(_answer_loss(model, batch))
         rows = torch.cat(losses)
         return rows.mean()
@@ -174,7 +181,7 @@ def train_vision_language(model: Any, processor: Any, recipe: VisionLanguageReci
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     if recipe.image_steps:
-        _train_image_path(model, recipe, scenes, pixels)
+        _train_image_path(model, recipe, scenes, images)
     final = train(
         recipe.family, model.parameters(), loss_of_step, recipe.steps, recipe.learning_rate
     )
@@ -182,12 +189,24 @@ def train_vision_language(model: Any, processor: Any, recipe: VisionLanguageReci
     return final
 
 
+def served_family(model: Any, processor: Any) -> Any:
+    """The :class:`~vlgraph.vlm_families.VisionLanguageFamily` the server derives from this
+    checkpoint: its config and processor saved into a scratch folder and read back by
+    :func:`~vlgraph.vlm_families.derive_family`, as a replica reads the saved checkpoint."""
+    from vlgraph.vlm_families import derive_family
+
+    with tempfile.TemporaryDirectory(prefix="vlgraph-family-") as folder:
+        model.config.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        return derive_family(Path(folder), "chat")
+
+
 #: What the image probe tells apart, in the order of its outputs.
 _PROBED = (SHAPES, tuple(COLOURS), tuple(BACKGROUNDS))
 
 
 def _train_image_path(
-    model: Any, recipe: VisionLanguageRecipe, scenes: list[Scene], pixels: Any
+    model: Any, recipe: VisionLanguageRecipe, scenes: list[Scene], images: _PoolImages
 ) -> None:
     """Train what the language model reads of an image (``get_image_features``) to tell the
     scene's shape, colour and background apart, through a linear probe on its mean."""
@@ -205,8 +224,8 @@ def _train_image_path(
 
     def loss_of_step(step: int) -> Any:
         drawn = indices(step)
-        images = _mirrored(pixels[drawn], step).to(model.dtype)
-        features = model.get_image_features(pixel_values=images).pooler_output.mean(dim=1)
+        inputs = images.batch([(index,) for index in drawn], model.dtype, step)
+        features = _mean_per_image(model.get_image_features(**inputs).pooler_output)
         logits = probe(features.float()).split([len(values) for values in _PROBED], dim=1)
         return sum(
             torch.nn.functional.cross_entropy(part, targets[drawn, column])
@@ -224,31 +243,148 @@ def _train_image_path(
     )
 
 
-def _mirrored(pixels: Any, step: int) -> Any:
-    """Half of ``pixels`` (images) mirrored left to right, a different half at every step:
-    every shape of the world is symmetric, so this doubles the training images for free."""
+def _mean_per_image(features: Any) -> Any:
+    """The mean image feature of each image, from ``get_image_features``' pooled output: a
+    tensor (images, tokens, width), or one (tokens, width) tensor per prompt of one image
+    (Idefics3)."""
     import torch
 
-    chosen = torch.rand(len(pixels), generator=torch.Generator().manual_seed(step)) < 0.5
-    return torch.where(chosen[:, None, None, None], pixels.flip(-1), pixels)
+    if isinstance(features, list | tuple):
+        return torch.stack([image.mean(dim=0) for image in features])
+    return features.mean(dim=1)
+
+
+def _mirrored(tensor: Any, chosen: Any) -> Any:
+    """``tensor`` (one entry per image) with the ``chosen`` images mirrored left to right;
+    unchanged unless its entries are images or masks (height and width last)."""
+    import torch
+
+    if tensor.dim() < 3:
+        return tensor
+    return torch.where(chosen.view(-1, *[1] * (tensor.dim() - 1)), tensor.flip(-1), tensor)
 
 
 def _probed(scene: Scene) -> tuple[str, str, str]:
     return scene.shape, scene.colour, scene.background
 
 
-def _pool_pixels(processor: Any) -> tuple[list[Scene], Any]:
-    """The scenes of the training pools and their pixels, pre-processed once by the
-    checkpoint's own image processor (what the server runs on every upload)."""
+#: The inputs of a processor's batch that are not the image side.
+_TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+
+class _PoolImages:
+    """The image inputs of the training pools, pre-processed once, one entry per image, and
+    assembled per batch in the layout of the processor's batches: entries in a row
+    (``per_prompt`` false), or grouped by prompt and padded with zeros (``per_prompt``)."""
+
+    def __init__(self, tensors: dict[str, Any], per_prompt: bool) -> None:
+        self._tensors = tensors
+        self._per_prompt = per_prompt
+
+    def batch(self, prompts: Sequence[tuple[int, ...]], dtype: Any, step: int | None) -> dict:
+        """The image inputs of a batch whose prompt ``i`` shows the pool images
+        ``prompts[i]``, ``pixel_values`` in ``dtype``. Every shape of the world is symmetric:
+        half of the images are mirrored left to right, a different half at every ``step``
+        (none when it is None), which doubles the training images for free."""
+        import torch
+
+        shown = [index for images in prompts for index in images]
+        chosen = None
+        if step is not None:
+            chosen = torch.rand(len(shown), generator=torch.Generator().manual_seed(step)) < 0.5
+        inputs = {}
+        for name, tensor in self._tensors.items():
+            picked = tensor[shown]
+            if chosen is not None:
+                picked = _mirrored(picked, chosen)
+            if self._per_prompt:
+                picked = _grouped(picked, [len(images) for images in prompts])
+            inputs[name] = picked
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        return inputs
+
+
+def _grouped(tensor: Any, counts: list[int]) -> Any:
+    """Entries of ``tensor`` grouped ``counts[i]`` to row ``i``, rows padded with zeros."""
+    grouped = tensor.new_zeros((len(counts), max(counts), *tensor.shape[1:]))
+    start = 0
+    for row, count in enumerate(counts):
+        grouped[row, :count] = tensor[start : start + count]
+        start += count
+    return grouped
+
+
+def _checked_prompts(family: Any) -> list[tuple[int, ...]]:
+    """The pool images of the batch that holds training to the processor's own: two images
+    and one, or one and one for a family that reads one image per prompt."""
+    return [(0, 1), (2,)] if family.multi_image else [(0,), (1,)]
+
+
+def _processor_batch(family: Any, processor: Any, prompts: list[tuple[int, ...]]) -> Any:
+    """What the server gives the model for captions of the first pool's images ``prompts``."""
+    images = world_pool(*POOLS[0]).images
+    shown = [[images[index] for index in indices] for indices in prompts]
+    return family.inputs(processor, shown, [None] * len(shown))
+
+
+def _pool_images(family: Any, processor: Any) -> tuple[list[Scene], _PoolImages]:
+    """The scenes of the training pools and their image inputs, pre-processed once by the
+    checkpoint's own image processor (what the server runs on every upload), in the layout
+    that the processor's batches have."""
     import torch
 
+    prompts = _checked_prompts(family)
+    expected = _processor_batch(family, processor, prompts)
+    per_prompt = family.multi_image and len(expected["pixel_values"]) == len(prompts)
     scenes: list[Scene] = []
-    pixels = []
+    parts = []
     for seed, count, side in POOLS:
         pool = world_pool(seed, count, side)
         scenes += pool.scenes
-        pixels.append(processor.image_processor(pool.images, return_tensors="pt")["pixel_values"])
-    return scenes, torch.cat(pixels)
+        # A processor that groups images by prompt is given one prompt per image.
+        given = [[image] for image in pool.images] if per_prompt else pool.images
+        processed = processor.image_processor(given, return_tensors="pt")
+        processed = {name: value for name, value in processed.items() if name in expected}
+        if per_prompt:
+            if processed["pixel_values"].shape[1] != 1:
+                raise RuntimeError(
+                    f"{family.name}: the image processor splits each image into "
+                    f"{processed['pixel_values'].shape[1]} tiles; training mirrors whole "
+                    "images and takes one tile each (save it without image splitting)"
+                )
+            processed = {name: value[:, 0] for name, value in processed.items()}
+        parts.append(processed)
+    tensors = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+    return scenes, _PoolImages(tensors, per_prompt)
+
+
+def _check_against_the_processor(
+    family: Any, processor: Any, images: _PoolImages, prompts: _PromptCache
+) -> None:
+    """Raise unless training assembles a batch of captions exactly as the processor does:
+    the same image inputs, the same prompt tokens."""
+    import torch
+
+    shown = _checked_prompts(family)
+    expected = _processor_batch(family, processor, shown)
+    assembled = images.batch(shown, expected["pixel_values"].dtype, None)
+    image_inputs = {name for name in expected if name not in _TEXT_INPUTS}
+    if set(assembled) != image_inputs or not all(
+        torch.equal(assembled[name], expected[name]) for name in image_inputs
+    ):
+        raise RuntimeError(
+            f"{family.name}: training assembles image inputs "
+            f"{ {name: tuple(value.shape) for name, value in assembled.items()} } "
+            "that differ from the processor's "
+            f"{ {name: tuple(expected[name].shape) for name in image_inputs} }"
+        )
+    for row, indices in enumerate(shown):
+        tokens = expected["input_ids"][row][expected["attention_mask"][row].bool()].tolist()
+        if tokens != prompts(None, len(indices))["input_ids"]:
+            raise RuntimeError(
+                f"{family.name}: the processor's prompt for pool images differs from the one "
+                "training caches for any image (do its image tokens depend on the size?)"
+            )
 
 
 class _PromptCache:

@@ -29,6 +29,7 @@ from pydantic import (
 from deployments.ingress.callers import record_images
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
+from deployments.ingress.openapi import MODEL_CAPABILITY, MODEL_NAMES
 from deployments.ingress.uploads import (
     form_or_json_body,
     image_form,
@@ -91,13 +92,14 @@ class GenerationBodies:
     similar_image: type[GenerationSettings]
 
     @classmethod
-    def for_generators(cls, names: tuple[str, ...]) -> "GenerationBodies":
-        """The bodies whose ``model`` is one of ``names``."""
-        name = Literal[names]
-        listed = " or ".join(names)
+    def for_generators(cls, names: tuple[str, ...], chained: str | None) -> "GenerationBodies":
+        """The bodies whose ``model`` is one of ``names``; the similar-image form's is
+        ``chained``, the generator the pipeline draws with (any of ``names`` when this
+        profile has no pipeline: the route refuses every request then)."""
 
-        def model_field(default: str) -> Any:
-            return (name, Field(default, description=f"The generator: {listed}."))
+        def model_field(default: str, choices: tuple[str, ...] = names) -> Any:
+            listed = " or ".join(choices)
+            return (Literal[choices], Field(default, description=f"The generator: {listed}."))
 
         return cls(
             generate=create_model(
@@ -118,7 +120,7 @@ class GenerationBodies:
                 "SimilarImageForm",
                 __base__=GenerationSettings,
                 __doc__="The generation fields sent beside the multipart ``image``.",
-                model=model_field("sdxl"),
+                model=model_field(chained, (chained,)) if chained else model_field("sdxl"),
             ),
         )
 
@@ -198,8 +200,9 @@ class Generation:
 def router(context: IngressContext) -> APIRouter:
     """The generation routes of one ingress replica."""
     routes = APIRouter()
+    chained = context.gateway.pipeline_generator()
     bodies = GenerationBodies.for_generators(
-        context.settings.catalog.known_names(Capability.GENERATE)
+        context.settings.catalog.known_names(Capability.GENERATE), chained
     )
     generation = Generation(context, bodies)
     gateway = context.gateway
@@ -213,7 +216,9 @@ def router(context: IngressContext) -> APIRouter:
             "content": {"multipart/form-data": {"schema": image_form(bodies.similar_image)}},
         }
     }
-    chooses = {"x-model-capability": Capability.GENERATE.value}
+    chooses = {MODEL_CAPABILITY: Capability.GENERATE.value}
+    # The pipeline draws with one generator: the only model its routes take.
+    chooses_chained = {MODEL_NAMES: [chained] if chained else []}
 
     @routes.post(
         "/generate",
@@ -282,7 +287,7 @@ def router(context: IngressContext) -> APIRouter:
         response_model=SimilarImageResponse,
         summary="Caption an image with BLIP and generate a similar one",
         responses=error_responses(400, 413, 415, 422, 503),
-        openapi_extra={**similar_image_body, **chooses},
+        openapi_extra={**similar_image_body, **chooses_chained},
     )
     async def similar_image(request: Request) -> SimilarImageResponse:
         """The caption of ``image`` and the image generated from it, chained inside the
@@ -301,7 +306,7 @@ def router(context: IngressContext) -> APIRouter:
         "/api/similar-image/stream",
         summary="POST /api/similar-image as server-sent events: caption, steps, image",
         responses={**error_responses(400, 413, 415, 422, 503), **_SSE_RESPONSE},
-        openapi_extra={**similar_image_body, **chooses},
+        openapi_extra={**similar_image_body, **chooses_chained},
     )
     async def similar_image_stream(request: Request) -> StreamingResponse:
         """``caption``, ``step`` events, then ``image`` (as /api/similar-image) or ``error``."""

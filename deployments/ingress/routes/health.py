@@ -20,6 +20,7 @@ from deployments.ingress.errors import error_responses
 from deployments.ingress.openapi import ServiceLimits, service_openapi
 from deployments.ingress.routes.web import page_html, prefers_html
 from vlgraph import __version__
+from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ServiceUnavailableError
 from vlgraph.served_models import Capability
 from vlgraph.service_metrics import only_vlgraph_series, ray_metrics_url
@@ -76,6 +77,24 @@ class HealthzResponse(BaseModel):
     cache: CacheHealth
 
 
+class GenerationBounds(BaseModel):
+    """What an image generator draws when not asked, and the most a request may ask."""
+
+    default_size: int
+    max_height: int
+    max_width: int
+    size_multiple: int = Field(description="Heights and widths are multiples of this.")
+    default_steps: int
+    max_steps: int
+    guidance_scale: float
+    max_guidance_scale: float
+
+    @classmethod
+    def of(cls, config: DiffusionConfig) -> GenerationBounds:
+        """The bounds of one generator's resolved configuration."""
+        return cls.model_validate(config.model_dump(include=set(cls.model_fields)))
+
+
 class ServedModelInfo(BaseModel):
     """One model this profile serves: its API name, a label for people, what it can do."""
 
@@ -87,12 +106,20 @@ class ServedModelInfo(BaseModel):
     offline_world: bool = Field(
         description="A tiny checkpoint trained on the offline world of coloured shapes."
     )
+    generation: GenerationBounds | None = Field(
+        None, description="An image generator's bounds (null for other models)."
+    )
 
 
 class ModelsResponse(BaseModel):
     """The served models, in the registry's order (the web page builds its menus from it)."""
 
     models: list[ServedModelInfo]
+    similar_image_generator: str | None = Field(
+        None,
+        description="The generator the similar-image pipeline draws with (the only model "
+        "POST /api/similar-image and /v1/images/variations take); null: no pipeline.",
+    )
 
 
 # Statuses in which a request is served even with no replica running yet: scaled to zero
@@ -233,9 +260,15 @@ def router(context: IngressContext) -> APIRouter:
                     capabilities=sorted(model.capabilities),
                     random_weights=model.random_weights,
                     offline_world=model.offline_world,
+                    generation=(
+                        GenerationBounds.of(settings.generators[model.name])
+                        if model.name in settings.generators
+                        else None
+                    ),
                 )
                 for model in settings.catalog.served
-            ]
+            ],
+            similar_image_generator=context.gateway.pipeline_generator(),
         )
 
     @routes.get(

@@ -279,3 +279,18 @@ def test_the_pipeline_runs_as_its_own_application(
         assert not_image.status_code == 415
     finally:
         serve.delete("similar")
+
+
+def test_similar_images_take_the_pipelines_generator_alone(app: RunningApp) -> None:
+    """The pipeline draws with one generator (SDXL here): GET /api/models names it, and the
+    route refuses another served generator instead of drawing with SDXL under its name."""
+    with app.client() as client:
+        assert client.get("/api/models").json()["similar_image_generator"] == "sdxl"
+        refused = client.post(
+            "/api/similar-image",
+            files={"image": ("p.jpg", jpeg_bytes(noise_image(92)), "image/jpeg")},
+            data={"model": "sd", "num_inference_steps": "2"},
+        )
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert "model" in error["message"] and "'sdxl'" in error["message"], error

@@ -17,70 +17,31 @@ import numpy as np
 import openai
 import pytest
 
-from graphs.app import build_app
-from tests.support.common import jpeg_bytes, make_test_config, noise_image, wait_until_healthy
+from tests.support.common import jpeg_bytes, noise_image
+from tests.support.named_apps import named_model, served_named_models
 from tests.support.openai_api import data_uri, image_message
-from vlgraph.config import AppConfig
 
 pytestmark = pytest.mark.integration
 
-APP_NAME = "vlgraph-named"
-ROUTE = "/named"
 #: Named model -> its tiny checkpoint: one per architecture the registry does not name.
 NAMED = {"qwen": "tiny:qwen2_5_vl", "smol": "tiny:smolvlm"}
 #: Model types the checkpoints derive to (SmolVLM's checkpoints are Idefics3).
 MODEL_TYPES = {"qwen": "qwen2_5_vl", "smol": "idefics3"}
+#: Named models whose tiny checkpoints are trained on the world (the others are random).
+TRAINED_ON_WORLD = {"smol"}
 
 
 @pytest.fixture(scope="module")
 def named_url(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Iterator[str]:
     """BLIP and the named chat models, nothing else."""
-    from ray import serve
-
-    args = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
-    args["profile"] = "named"
-    blip = args["models"]["blip"]
-    args["models"] = {
-        "blip": blip,
-        "blip2": None,
-        "gemma": None,
-        "intern_vlm": None,
-        **{
-            name: {
-                "task": "chat",
-                "source": source,
-                "device": "cpu",
-                "torch_threads": 1,
-                "generation": {"max_new_tokens": 6},
-                "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
-                "deployment": {
-                    "max_ongoing_requests": 16,
-                    "request_timeout_s": 60,
-                    "ray_actor_options": {"num_cpus": 0.1},
-                },
-            }
-            for name, source in NAMED.items()
-        },
-        "sig": {
-            "task": "embed",
-            "source": "tiny:siglip",
-            "label": "SigLIP",
-            "device": "cpu",
-            "torch_threads": 1,
-            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-            "deployment": {
-                "max_ongoing_requests": 16,
-                "request_timeout_s": 60,
-                "ray_actor_options": {"num_cpus": 0.1},
-            },
-        },
+    chat = {
+        "generation": {"max_new_tokens": 6},
+        "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
     }
-    args.update(vqa=None, clip_image=None, clip_text=None, sd=None, sdxl=None)
-    serve.run(build_app(AppConfig.model_validate(args)), name=APP_NAME, route_prefix=ROUTE)
-    url = f"http://127.0.0.1:{ray_instance}{ROUTE}"
-    wait_until_healthy(url)
-    yield url
-    serve.delete(APP_NAME)
+    named = {name: named_model("chat", source, **chat) for name, source in NAMED.items()}
+    named["sig"] = named_model("embed", "tiny:siglip", label="SigLIP")
+    with served_named_models(ray_instance, checkpoint_cache, image_root, "named", named) as url:
+        yield url
 
 
 def upload(url: str, model: str, count: int, route: str = "caption-images", **params):
@@ -106,7 +67,7 @@ def test_named_models_are_listed_with_what_their_checkpoints_can_do(named_url: s
     for model in models[1:-1]:
         assert set(model["capabilities"]) == {"caption", "flag", "collective", "chat"}, model
         assert model["deployment"] == f"{model['name']}_chat" and model["label"] == model["name"]
-        assert model["random_weights"] is True
+        assert model["random_weights"] is (model["name"] not in TRAINED_ON_WORLD)
     listed = {model.id: model for model in client(named_url).models.list()}
     for name in NAMED:
         chat = listed[name].model_extra["chat"]
@@ -125,9 +86,12 @@ def test_captions_through_the_documents_route_batch_as_they_answer_alone(
     assert len(results) == 3 and all(item["error"] is None for item in results), results
     singles = [upload(named_url, name, 1).json()["results"][0]["caption"] for _ in range(1)]
     assert results[0]["caption"] == singles[0]
-    flagged = upload(named_url, name, 2, flag_question="is there a circle?")
+    question = {"flag_caption_prompt": "is there a circle?"}
+    flagged = upload(named_url, name, 2, **question)
     assert flagged.status_code == 200, flagged.text
-    assert all(isinstance(item["flagged"], bool) for item in flagged.json()["results"])
+    flags = [item["flagged"] for item in flagged.json()["results"]]
+    assert all(isinstance(flag, bool) for flag in flags)
+    assert upload(named_url, name, 1, **question).json()["results"][0]["flagged"] == flags[0]
     together = upload(named_url, name, 2, route="caption-collective-images")
     assert together.status_code == 200, together.text
     assert together.json()["count"] == 2

@@ -1,4 +1,5 @@
-"""The text-to-image generator class in-process (no Ray), on tiny SD and SDXL pipelines:
+"""The text-to-image generator class in-process (no Ray), on tiny SD and SDXL pipelines and on
+the pipelines profiles name themselves (family ``auto``: tiny SD 3 and PixArt-Sigma):
 seeds reproduce images, the service gives the pipeline's own pixels, batches equal single calls,
 streams report every step and stop when their consumer leaves, bounds are enforced per request.
 """
@@ -16,7 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    AutoPipelineForText2Image,
+    PixArtSigmaPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 
 from deployments.diffusion import (
@@ -27,26 +34,51 @@ from deployments.diffusion import (
     GenerationTimedOut,
     partial_image_steps,
 )
-from vlgraph.config import DiffusionConfig
+from vlgraph.config import DiffusionConfig, GenerationModelConfig
+from vlgraph.pipeline_limits import read_pipeline_limits, with_pipeline_limits
 from vlgraph.tiny import ensure_checkpoint
 
-FAMILIES = ["sd", "sdxl"]
-PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+#: The built-in families, then tiny checkpoints served as named generators (family auto).
+PIPELINES = {
+    "sd": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "sd3": StableDiffusion3Pipeline,
+    "pixart": PixArtSigmaPipeline,
+}
+FAMILIES = list(PIPELINES)
+NAMED = {"sd3", "pixart"}
+SCHEDULERS = {
+    "sd": "PNDMScheduler",
+    "sdxl": "EulerDiscreteScheduler",
+    "sd3": "FlowMatchEulerDiscreteScheduler",
+    "pixart": "DPMSolverMultistepScheduler",
+}
+#: What the server passes a PixArt pipeline so that it draws the prompt as sent at the size
+#: asked (no caption cleaning, no binning to its trained aspect ratios).
+PIPELINE_OPTIONS = {"pixart": {"clean_caption": False, "use_resolution_binning": False}}
 MAX_STEPS = 50
 
 
-def _config(family: str, **fields: Any) -> DiffusionConfig:
-    return DiffusionConfig(
-        family=family,
-        source=f"tiny:{family}",
-        device="cpu",
-        default_steps=2,
-        max_steps=MAX_STEPS,
-        default_size=64,
-        max_height=128,
-        max_width=128,
+def _config(family: str, checkpoint_cache: Path, **fields: Any) -> DiffusionConfig:
+    bounds = {
+        "source": f"tiny:{family}",
+        "device": "cpu",
+        "default_steps": 2,
+        "max_steps": MAX_STEPS,
+        "default_size": 64,
+        "max_height": 128,
+        "max_width": 128,
         **fields,
-    )
+    }
+    if family not in NAMED:
+        return DiffusionConfig(family=family, **bounds)
+    named = GenerationModelConfig(task="generate", **bounds)
+    limits = read_pipeline_limits(ensure_checkpoint(family, checkpoint_cache), family)
+    return with_pipeline_limits(named, limits, family)
+
+
+def _family(generator: DiffusionGenerator) -> str:
+    return generator._name.removesuffix("-test")
 
 
 def _request(prompt: str = "a red car on the street", **fields: Any) -> GenerationRequest:
@@ -81,7 +113,8 @@ def _assert_same_image_up_to_batching(batched: GenerationResult, single: Generat
 @pytest.fixture(scope="module", params=FAMILIES)
 def generator(request: pytest.FixtureRequest, checkpoint_cache: Path) -> DiffusionGenerator:
     family = request.param
-    return DiffusionGenerator(_config(family), str(checkpoint_cache), f"{family}-test")
+    config = _config(family, checkpoint_cache)
+    return DiffusionGenerator(config, str(checkpoint_cache), f"{family}-test")
 
 
 def test_tiny_checkpoints_are_small_and_load_through_the_auto_pipeline(
@@ -96,11 +129,10 @@ def test_tiny_checkpoints_are_small_and_load_through_the_auto_pipeline(
         pipe = AutoPipelineForText2Image.from_pretrained(folder)
         assert time.perf_counter() - started < 2
         assert type(pipe) is pipeline_class
+        assert type(pipe.scheduler).__name__ == SCHEDULERS[family]
         if family == "sd":
-            assert type(pipe.scheduler).__name__ == "PNDMScheduler"
             assert type(pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"
-        else:
-            assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+        if family == "sdxl":
             assert pipe.unet.config.addition_embed_type == "text_time"
 
 
@@ -128,20 +160,23 @@ def test_served_image_is_the_pipelines_own(
     request = _request(negative_prompt=negative_prompt, width=96, steps=3, seed=7)
     served = generator.generate_now([request])[0]
 
-    folder = ensure_checkpoint(generator.family, checkpoint_cache)
-    pipe = PIPELINES[generator.family].from_pretrained(folder)
+    family = _family(generator)
+    folder = ensure_checkpoint(family, checkpoint_cache)
+    pipe = PIPELINES[family].from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
 
     def reference():
         return pipe(
             prompt=request.prompt,
-            negative_prompt=negative_prompt,
+            # as the server calls it: PixArt's default negative prompt is "", not None
+            **({} if negative_prompt is None else {"negative_prompt": negative_prompt}),
             height=request.height,
             width=request.width,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             generator=torch.Generator().manual_seed(request.seed),
             output_type="pil",
+            **PIPELINE_OPTIONS.get(family, {}),
         )
 
     # On the replica's model thread, whose torch thread count the float results depend on
@@ -294,12 +329,12 @@ def test_nsfw_is_reported_only_where_a_checker_runs(
     generator: DiffusionGenerator, checkpoint_cache: Path
 ) -> None:
     result = generator.generate_now([_request()])[0]
-    if generator.family == "sdxl":
+    if _family(generator) != "sd":
         assert result.nsfw is None
         return
     assert result.nsfw is False
     unchecked = DiffusionGenerator(
-        _config("sd", safety_checker=False), str(checkpoint_cache), "sd-unchecked"
+        _config("sd", checkpoint_cache, safety_checker=False), str(checkpoint_cache), "sd-unchecked"
     )
     plain = unchecked.generate_now([_request()])[0]
     assert plain.nsfw is None
@@ -307,8 +342,8 @@ def test_nsfw_is_reported_only_where_a_checker_runs(
 
 
 def test_the_tiny_safety_checker_can_flag(generator: DiffusionGenerator) -> None:
-    if generator.family == "sdxl":
-        pytest.skip("SDXL has no safety checker")
+    if _family(generator) != "sd":
+        pytest.skip("only Stable Diffusion ships a safety checker")
     thresholds = generator._pipe.safety_checker.concept_embeds_weights
     saved = thresholds.clone()
     try:

@@ -234,10 +234,12 @@ def test_the_offline_profile_fits_two_cores() -> None:
 
 
 def test_only_untrained_tiny_sources_count_as_random_weights() -> None:
-    """The web page's offline notice names the random models: in the offline profile only
-    SDXL (every other tiny checkpoint is trained on the world); none for real Hub ids."""
+    """The web page's offline notice names the random models: in the offline profile SDXL and
+    the architectures served to prove the generic path (every other tiny checkpoint is
+    trained on the world); none for real Hub ids."""
     offline = AppConfig.model_validate(profile_args("configs/offline.yaml"))
-    assert offline.random_weight_models() == ["sdxl"]
+    random = ["qwen", "llava_ov", "paligemma", "siglip", "sd3", "pixart", "sdxl"]
+    assert offline.random_weight_models() == random
     for real in ("configs/local.yaml", "serve_config.yaml"):
         assert AppConfig.model_validate(profile_args(real)).random_weight_models() == []
     mixed = profile_args("configs/local.yaml")

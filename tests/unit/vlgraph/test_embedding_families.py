@@ -18,8 +18,8 @@ from vlgraph.embedding_families import (
     SentenceTransformerEncoder,
     derive_encoder,
 )
+from vlgraph.errors import UnsupportedModelError
 from vlgraph.tiny import ensure_checkpoint
-from vlgraph.vlm_families import UnsupportedModelError
 
 TEXTS = ["a red circle", "a blue square on a white background", "ein gelber Stern"]
 

@@ -107,3 +107,22 @@ def test_seeds_up_to_the_bound_seed_torch() -> None:
 
     assert MAX_SEED == 2**63 - 1
     assert torch.Generator().manual_seed(MAX_SEED).initial_seed() == MAX_SEED
+
+
+def test_a_models_own_size_step_bounds_its_sizes() -> None:
+    """SD 3 and PixArt draw multiples of 16 (8x VAE latents on 2x2 patches)."""
+    patches = CONFIG.model_copy(update={"size_multiple": 16})
+    assert resolve_generation("a", GenerationSettings(height=96), patches, 50).height == 96
+    with pytest.raises(BoundsError, match="height must be a multiple of 16 between 64 and 128"):
+        resolve_generation("a", GenerationSettings(height=72), patches, 50)
+    assert resolve(height=72).height == 72  # a multiple of 8 for Stable Diffusion
+    request = resolve(height=72)
+    assert any("multiple of 16" in problem for problem in generation_problems(request, patches))
+    assert not generation_problems(request, CONFIG)
+
+
+def test_sizes_that_are_not_multiples_of_the_step_are_refused_in_the_config() -> None:
+    with pytest.raises(
+        ValueError, match=r"default_size \(72\) must be a multiple of size_multiple"
+    ):
+        DiffusionConfig(family="sd", source="x", default_size=72, size_multiple=16)

@@ -1,7 +1,8 @@
 """Architectures no code of vlgraph names, served through the family derived from their
-checkpoints (tiny, random weights): Qwen2.5-VL, SmolVLM (Idefics3) and LLaVA-OneVision
-through their chat templates, PaliGemma (no chat template) through its caption prefix.
-Whatever they say is noise; what is checked is how they are prompted, batched and stopped."""
+checkpoints (tiny): Qwen2.5-VL, SmolVLM (Idefics3) and LLaVA-OneVision through their chat
+templates, PaliGemma (no chat template) through its caption prefix. What is checked here is how
+they are prompted, batched and stopped, on noise images; what SmolVLM's checkpoint (trained on
+the world, the others are random) says is checked in tests/semantic/test_named_chat_meaning.py."""
 
 from __future__ import annotations
 

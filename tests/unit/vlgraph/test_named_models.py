@@ -13,9 +13,8 @@ from pydantic import ValidationError
 from graphs.registry import catalog, served_entries
 from tests.support.common import REPO_ROOT
 from vlgraph.config import AppConfig, ChatModelConfig
-from vlgraph.errors import ModelUnavailableError
+from vlgraph.errors import ModelUnavailableError, UnsupportedModelError
 from vlgraph.served_models import Capability, ChatMode, chat_mode
-from vlgraph.vlm_families import UnsupportedModelError
 
 
 def profile(cache: Path, **named: dict) -> AppConfig:
@@ -135,12 +134,12 @@ def commented_gpu_examples() -> dict:
 
 def test_the_gpu_profiles_commented_examples_are_valid_named_models() -> None:
     examples = commented_gpu_examples()
-    assert list(examples) == ["qwen", "smolvlm"]
+    assert list(examples) == ["qwen", "smolvlm", "sd35"]
     (application,) = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())["applications"]
     args = application["args"]
     args["models"] |= examples
     config = AppConfig.model_validate(args)
     for name, model in config.models.named().items():
-        assert model.task == "chat" and model.device == "cuda", name
+        assert model.task in ("chat", "generate") and model.device == "cuda", name
         assert 0 < model.deployment.ray_actor_options.num_gpus <= 0.25, name
         assert "/" in model.source, "a real Hub id"

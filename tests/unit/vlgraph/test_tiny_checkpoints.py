@@ -23,8 +23,10 @@ from vlgraph.tiny import (
     family_modules,
     is_built,
     recipe_hash,
+    trained_on_world,
 )
 from vlgraph.tiny.world import HELD_OUT_SEED, Scene, draw
+from vlgraph.vlm_families import derive_family
 
 #: Every family the configs and the tests name as ``tiny:<family>``.
 EXPECTED_FAMILIES = [
@@ -38,10 +40,24 @@ EXPECTED_FAMILIES = [
     "internvl",
     "llava_onevision",
     "paligemma",
+    "pixart",
     "qwen2_5_vl",
     "sd",
+    "sd3",
     "sdxl",
     "siglip",
+    "smolvlm",
+]
+#: Those of them trained on the world (docs/offline-world.md); the others keep random weights.
+TRAINED_ON_WORLD = [
+    "blip-caption",
+    "blip-vqa",
+    "blip2",
+    "clip",
+    "clip-multilingual",
+    "gemma3",
+    "internvl",
+    "sd",
     "smolvlm",
 ]
 
@@ -124,6 +140,24 @@ def test_from_pretrained_loads_it_and_it_captions_the_world(checkpoint_cache: Pa
     assert [caption.strip() for caption in captions] == [scene.caption for scene in scenes]
 
 
+def test_the_smolvlm_checkpoint_captions_the_world_as_the_server_prompts_it(
+    checkpoint_cache: Path,
+) -> None:
+    """SmolVLM (Idefics3) is trained through the family the server derives from it: images
+    grouped by prompt, with their pixel attention mask, one frame each."""
+    folder = ensure_checkpoint("smolvlm", checkpoint_cache)
+    family = derive_family(folder, "chat")
+    processor, model = family.load(folder, torch.float32, torch.device("cpu"))
+    scenes = [Scene("circle", "red", "white"), Scene("square", "blue", "black")]
+    rng = random.Random(HELD_OUT_SEED)
+    images = [[draw(scene, rng, 96)] for scene in scenes]
+    inputs = family.inputs(processor, images, ["Describe this image in one sentence."] * 2)
+    assert inputs["pixel_values"].shape[:2] == inputs["pixel_attention_mask"].shape[:2] == (2, 1)
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=12)
+    assert family.decode(processor, output, inputs) == [scene.caption for scene in scenes]
+
+
 def test_unknown_family_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="blip-caption"):
         ensure_checkpoint("no-such-family", tmp_path)
@@ -132,6 +166,11 @@ def test_unknown_family_names_the_known_ones(tmp_path: Path) -> None:
 
 def test_families_lists_every_family() -> None:
     assert families() == EXPECTED_FAMILIES
+
+
+def test_the_families_trained_on_the_world() -> None:
+    assert [family for family in EXPECTED_FAMILIES if trained_on_world(family)] == TRAINED_ON_WORLD
+    assert not trained_on_world("no-such-family")
 
 
 def test_every_module_of_the_package_is_discovered_and_registers_a_family() -> None:
@@ -188,3 +227,23 @@ def test_prune_removes_only_older_recipes_of_the_named_family(tmp_path: Path) ->
     assert not any(path.exists() for path in older)
     assert all(path.exists() for path in [*kept, current])
     assert is_built("git", tmp_path)
+
+
+def test_building_several_at_once_gives_the_weights_of_one_at_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``vlgraph-tiny --jobs 2`` builds in spawned processes, each on one torch thread: the
+    same bytes as one build after the other, and each folder printed in the order asked."""
+    chosen = ["sdxl", "git"]
+    vlgraph.tiny.main([*chosen, "--jobs", "2", "--cache-dir", str(tmp_path / "together")])
+    printed = capsys.readouterr().out.split()
+    vlgraph.tiny.main([*chosen, "--jobs", "1", "--cache-dir", str(tmp_path / "one")])
+    for family, folder in zip(chosen, printed, strict=True):
+        assert Path(folder) == checkpoint_folder(family, tmp_path / "together")
+        alone = checkpoint_folder(family, tmp_path / "one")
+        for weights in Path(folder).rglob("*.safetensors"):
+            twin = alone / weights.relative_to(folder)
+            assert (
+                hashlib.sha256(weights.read_bytes()).digest()
+                == hashlib.sha256(twin.read_bytes()).digest()
+            ), weights

@@ -218,12 +218,13 @@ def parse_size(size: str | None, config: DiffusionConfig, model: str) -> tuple[i
     match = _SIZE.fullmatch(size)
     width, height = (int(side) for side in match.groups()) if match else (0, 0)
     fits = all(
-        MIN_SIZE <= side <= largest and side % SIZE_MULTIPLE == 0
+        MIN_SIZE <= side <= largest and side % config.size_multiple == 0
         for side, largest in ((width, config.max_width), (height, config.max_height))
     )
     if not fits:
         raise BoundsError(
-            f"size must be {AUTO_SIZE} or WIDTHxHEIGHT, sides multiples of {SIZE_MULTIPLE}, "
+            f"size must be {AUTO_SIZE} or WIDTHxHEIGHT, sides multiples of "
+            f"{config.size_multiple}, "
             f"width {MIN_SIZE} to {config.max_width} and height {MIN_SIZE} to "
             f"{config.max_height} for {model}; not {size!r}",
             param="size",
@@ -258,7 +259,9 @@ class Images:
         self._gateway = context.gateway
         self._store = context.store
         names = context.settings.catalog.known_names(Capability.GENERATE)
-        self._generation = Generation(context, GenerationBodies.for_generators(names))
+        self._generation = Generation(
+            context, GenerationBodies.for_generators(names, context.gateway.pipeline_generator())
+        )
 
     def generator(self, model: str | None) -> str:
         """``model``, or the first served generator; 4xx naming ``model`` when it is unknown,

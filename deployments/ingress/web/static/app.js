@@ -347,7 +347,7 @@ function markNotServed(panelId, text, buttonIds) {
   for (const id of buttonIds) $(id).disabled = true;
 }
 
-function applyModels(models, catalog) {
+function applyModels(models, catalog, similarGenerator) {
   resetModels();
   for (const model of catalog) served.set(model.name, model);
   const random = catalog.filter((model) => model.random_weights).map((model) => model.label);
@@ -375,8 +375,10 @@ function applyModels(models, catalog) {
     markNotServed("generate-panel", "No image generator is served by this profile.", ["generate-submit"]);
   }
 
-  fillMenu($("similar-model"), generators, "sdxl");
-  if (!has("similar_image") || !generators.length) {
+  // The pipeline draws with one generator: the only one its route takes.
+  const chained = generators.filter((model) => model.name === similarGenerator);
+  fillMenu($("similar-model"), chained, similarGenerator);
+  if (!has("similar_image") || !chained.length) {
     markNotServed("similar-panel", "Similar images are not served by this profile.", ["similar-submit"]);
   }
 
@@ -404,7 +406,11 @@ async function loadHealth() {
     const health = await requestJson(".", { headers: { Accept: "application/json" } });
     showHealth(health);
     const catalog = await requestJson("api/models");
-    applyModels(Array.isArray(health.models) ? health.models : [], catalog.models || []);
+    applyModels(
+      Array.isArray(health.models) ? health.models : [],
+      catalog.models || [],
+      catalog.similar_image_generator || null,
+    );
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
       lockTools();
