@@ -49,8 +49,6 @@ NOT_AUTHORIZED = "Not authorized: this service needs a valid API key (enter it a
 RATE_LIMITED = re.compile(r"Too many requests for this key: try again in (\d+) seconds?\.")
 #: Models this module does not need: not served, so the server starts fast.
 UNSERVED_MODELS = ("blip2", "gemma", "intern_vlm")
-#: Models the profile names itself, left out for the same reason.
-UNSERVED_NAMED = ("smol",)
 UNSERVED_TOP_LEVEL = ("vqa", "clip_image", "clip_text", "sd", "sdxl")
 
 
@@ -73,7 +71,8 @@ def keyed_profile(folder: Path) -> Path:
     }
     for name in UNSERVED_MODELS:
         args["models"][name] = None
-    for name in UNSERVED_NAMED:
+    # The models the profile names itself (they have a task) are left out for the same reason.
+    for name in [name for name, model in args["models"].items() if "task" in (model or {})]:
         del args["models"][name]
     for name in UNSERVED_TOP_LEVEL:
         args[name] = None
