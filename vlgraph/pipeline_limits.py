@@ -18,6 +18,7 @@ from typing import Any
 
 from vlgraph.errors import UnsupportedModelError
 from vlgraph.limits import MIN_SIZE, SIZE_MULTIPLE
+from vlgraph.model_config import DiffusionConfig
 from vlgraph.named_model_config import GenerationModelConfig
 
 #: Pipelines in diffusers' text-to-image table that need an input besides the prompt (a
@@ -120,14 +121,8 @@ def with_pipeline_limits(
         "default_size": default_size,
         "max_height": model.max_height or largest,
         "max_width": model.max_width or largest,
-        "default_steps": model.default_steps or limits.default_steps or 25,
-        "guidance_scale": (
-            model.guidance_scale
-            if model.guidance_scale is not None
-            else limits.guidance_scale
-            if limits.guidance_scale is not None
-            else 7.5
-        ),
+        "default_steps": _first_set(model.default_steps, limits.default_steps, "default_steps"),
+        "guidance_scale": _first_set(model.guidance_scale, limits.guidance_scale, "guidance_scale"),
     }
     if filled["size_multiple"] % limits.size_multiple:
         raise UnsupportedModelError(
@@ -148,6 +143,13 @@ def with_pipeline_limits(
         raise UnsupportedModelError(
             f"models.{name}: with the bounds of its {limits.pipeline_class}: {error}"
         ) from None
+
+
+def _first_set(profile: Any, pipeline: Any, field: str) -> Any:
+    """The profile's value, else the pipeline's, else the built-in generators' default."""
+    if profile is not None:
+        return profile
+    return pipeline if pipeline is not None else DiffusionConfig.model_fields[field].default
 
 
 def _default(parameters: Any, name: str, kind: type) -> Any:
