@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -56,11 +57,23 @@ class Level:
     p99_s: float
 
 
+# Below Linux's ephemeral range (32768-60999), where outgoing connections take their local
+# ports, and above Ray's worker ports (10002-19999): a port the kernel hands out (bind to 0)
+# comes from the ephemeral range, so a connection opened between the probe and the server's
+# own bind can take it ("Failed to bind to address").
+_QUIET_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port nothing listens on right now, from a range nobody else draws from."""
+    for port in random.sample(_QUIET_PORTS, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port between {_QUIET_PORTS.start} and {_QUIET_PORTS.stop}")
 
 
 async def closed_loop(

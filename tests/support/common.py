@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.harness import free_port
 from vlgraph.config import AppConfig
 from vlgraph.tiny.world import Scene
 
@@ -242,13 +242,6 @@ def serving_image(data: bytes, media_type: str = "image/jpeg") -> Iterator[str]:
 
     with serving_on_image_host(OneImage) as url:
         yield url
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def release_ray() -> None:

@@ -18,8 +18,14 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+# A live server's answers get a generous timeout: on a loaded machine 40 concurrent first
+# calls can take longer than production's default, and a timeout fails open, which these
+# tests would read as a broken limit. Failing open has its own test, against a dead port.
+LIVE_REDIS_TIMEOUT_S = 10.0
+
+
 def redis_budgets(server: RedisServer, namespace: str, on_fail_open=lambda: None):
-    target = RedisTarget("127.0.0.1", server.port, 0, 0.25, namespace=namespace)
+    target = RedisTarget("127.0.0.1", server.port, 0, LIVE_REDIS_TIMEOUT_S, namespace=namespace)
     return CallerBudgets(target, lease_s=60, on_fail_open=on_fail_open)
 
 
@@ -77,7 +83,9 @@ def test_two_holders_share_one_budget_through_redis(redis_server: RedisServer) -
 
 def test_a_lost_release_frees_its_slot_when_the_lease_ends(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        target = RedisTarget("127.0.0.1", redis_server.port, 0, 0.25, f"lease-{time.time_ns()}")
+        target = RedisTarget(
+            "127.0.0.1", redis_server.port, 0, LIVE_REDIS_TIMEOUT_S, f"lease-{time.time_ns()}"
+        )
         budgets = CallerBudgets(target, lease_s=1)
         limit = RateLimit(max_in_flight=1)
         assert (await budgets.admit("key:alice", limit)).allowed  # never released
