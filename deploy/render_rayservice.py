@@ -5,7 +5,9 @@
 
 The Serve config is the GPU profile unchanged except for where state lives: on Kubernetes the
 ingress replicas run on several pods, so the upload store and the result cache both go to
-the manifest's Redis (``vlgraph-redis``) instead of SQLite on one pod's disk.
+the manifest's Redis (``vlgraph-redis``) instead of SQLite on one pod's disk, and search to
+the manifest's PostgreSQL with pgvector (``vlgraph-postgres``; the pods read its connection
+string from the ``vlgraph-pgvector`` Secret as ``VLGRAPH_PGVECTOR_DSN``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = REPO_ROOT / "deploy" / "rayservice.yaml"
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
 REDIS = {"backend": "redis", "redis_host": "vlgraph-redis", "redis_port": 6379}
+SEARCH = {"engine": "pgvector"}
 BLOCK_KEY = re.compile(r"^(?P<indent> *)serveConfigV2: \|\n", re.M)
 
 
 def kubernetes_serve_config(serve_config: dict[str, Any]) -> dict[str, Any]:
-    """``serve_config.yaml`` with every application's store and cache on the shared Redis."""
+    """``serve_config.yaml`` with every application's store and cache on the shared Redis and
+    its search on the shared PostgreSQL."""
     for application in serve_config["applications"]:
         application["args"]["store"] = dict(REDIS)
         application["args"]["cache"] = dict(REDIS)
+        application["args"]["search"] = {**application["args"].get("search", {}), **SEARCH}
     return serve_config
 
 

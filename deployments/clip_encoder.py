@@ -20,6 +20,7 @@ from vlgraph.config import EncoderConfig
 from vlgraph.errors import ServiceError
 from vlgraph.images import decode_image
 from vlgraph.messages import EmbeddingResult, EncodeRequest
+from vlgraph.model_source import checkpoint_fingerprint
 
 Modality = Literal["image", "text"]
 
@@ -43,6 +44,7 @@ class SentenceEncoder(ModelReplica):
         model = SentenceTransformer(path, device=self._device)
         self._model = model.to(self._dtype).eval()
         self.dimension = int(self._model.get_embedding_dimension())
+        self.fingerprint = checkpoint_fingerprint(path)
 
     def warm_up(self) -> None:
         """Encode one blank image or one short text."""
@@ -90,7 +92,11 @@ class SentenceEncoder(ModelReplica):
             logger.exception("%s failed on a batch of %d", self._name, len(inputs))
             return [EmbeddingResult(error=self.failure())] * len(inputs)
         return [
-            EmbeddingResult(embedding=tuple(vector.astype(float).tolist()), tokens=count)
+            EmbeddingResult(
+                embedding=tuple(vector.astype(float).tolist()),
+                tokens=count,
+                fingerprint=self.fingerprint,
+            )
             for vector, count in zip(vectors, tokens, strict=True)
         ]
 

@@ -22,6 +22,7 @@ from vlgraph.embedding_families import IMAGE, TEXT, derive_encoder
 from vlgraph.errors import BadRequestError, ServiceError
 from vlgraph.images import decode_image
 from vlgraph.messages import EmbeddingResult, EncodeRequest
+from vlgraph.model_source import checkpoint_fingerprint
 
 
 class NamedEncoder(ModelReplica):
@@ -38,6 +39,7 @@ class NamedEncoder(ModelReplica):
         self._encoder = derive_encoder(Path(path))
         self._encoder.load(Path(path), self._device, self._dtype)
         self.dimension = self._encoder.dimension
+        self.fingerprint = checkpoint_fingerprint(path)
 
     def warm_up(self) -> None:
         """Embed one blank image and one short text (what the model reads of each)."""
@@ -98,7 +100,9 @@ class NamedEncoder(ModelReplica):
             return
         counts = tokens or [None] * len(rows)
         for index, vector, count in zip(indices, vectors, counts, strict=True):
-            results[index] = EmbeddingResult(embedding=tuple(vector), tokens=count)
+            results[index] = EmbeddingResult(
+                embedding=tuple(vector), tokens=count, fingerprint=self.fingerprint
+            )
 
 
 NamedEncoderDeployment = serve.deployment(NamedEncoder, name="named_encoder")

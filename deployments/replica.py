@@ -96,6 +96,9 @@ class ModelReplica:
     failure_message: ClassVar[str] = "the model failed on this input"
     #: Set by :meth:`in_process`: every call runs on the caller's thread.
     _inline: bool = False
+    #: What identifies the loaded checkpoint, set by families whose outputs are stored (the
+    #: encoders: search vectors carry it); see :func:`~vlgraph.model_source.checkpoint_fingerprint`.
+    fingerprint: str | None = None
 
     def __init__(self, config: ModelFamilyConfig, checkpoint_cache_dir: str, name: str) -> None:
         self._config = config
@@ -127,6 +130,10 @@ class ModelReplica:
         self._dtype = select_dtype(config, self._device)
         self.load(path)
         self.warm_up()
+
+    async def checkpoint_fingerprint(self) -> str | None:
+        """The loaded checkpoint's fingerprint (None for families that do not set one)."""
+        return self.fingerprint
 
     def load(self, path: str) -> None:
         """Load the checkpoint folder ``path`` onto ``self._device`` in ``self._dtype``

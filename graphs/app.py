@@ -75,5 +75,10 @@ def build_app(args: AppConfig) -> Application:
             sorted({options.backpressure_config.status_code for options in deployments})
         ),
         rate_limit_redis=rate_limit_redis(config.cache),
+        search=(
+            config.search.model_copy(update={"engine": config.search_engine()})
+            if config.searches()
+            else None
+        ),
     )
     return bind_ingress(handles, settings, config.ingress, access)

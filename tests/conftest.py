@@ -9,6 +9,7 @@ live in ``tests/support/``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ from tests.support.common import (
     wait_until_healthy,
     world_image,
 )
+from tests.support.postgres import PostgresServer
 from tests.support.world_checks import FIGURES
 from vlgraph.config import DEFAULT_CHECKPOINT_CACHE
 from vlgraph.tiny import ensure_checkpoint, families, is_built
@@ -131,6 +133,18 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL with pgvector for the session, from the pgserver wheel's binaries
+    (tests may stop, kill and restart it); its data is deleted at the end."""
+    if importlib.util.find_spec("pgserver") is None:
+        pytest.fail("pgserver is not installed (pip install -e '.[dev]')")
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
 
 
 @pytest.fixture(scope="module")

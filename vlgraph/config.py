@@ -50,6 +50,7 @@ from vlgraph.named_model_config import (
     ModelTask,
     NamedModelConfig,
 )
+from vlgraph.search_config import SearchConfig
 from vlgraph.tiny import (
     DEFAULT_CHECKPOINT_CACHE,
     resolve_checkpoint_cache_dir,
@@ -92,6 +93,7 @@ __all__ = [
     "NamedModelConfig",
     "PipelineConfig",
     "RayActorOptions",
+    "SearchConfig",
     "StoreConfig",
     "StrictModel",
     "VisionLanguageConfig",
@@ -456,6 +458,10 @@ class AppConfig(StrictModel):
         description="Visual question answering (POST /question); null: not served.",
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
+    search: SearchConfig = Field(
+        default_factory=SearchConfig,
+        description="Semantic search over stored images (docs/search.md).",
+    )
     clip_image: EncoderConfig | None = Field(
         default_factory=lambda: EncoderConfig(source="sentence-transformers/clip-ViT-B-32"),
         description="CLIP image encoder (POST /encode_image); null: not served.",
@@ -506,6 +512,28 @@ class AppConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _search_has_its_encoders(self) -> AppConfig:
+        if not self.searches():
+            return self
+        served = self.served_models()
+        search = self.search
+        for role, name in (("image", search.image_encoder), ("text", search.text_encoder)):
+            model = served.get(name)
+            wanted = {"image": ("clip_image",), "text": ("clip_text",)}[role]
+            if model is None and role == "text":
+                continue  # text queries answer 400 naming the missing encoder
+            if name not in wanted and getattr(model, "task", None) != "embed":
+                raise ValueError(
+                    f"search.{role}_encoder {name!r} is not an embedding model of this profile"
+                )
+        if search.engine == "embedded" and self.store.backend != "sqlite":
+            raise ValueError(
+                "search.engine embedded keeps its index beside the SQLite store; with "
+                "store.backend redis (several machines) use search.engine pgvector"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _no_debug_in_production(self) -> AppConfig:
         if self.environment == "production" and self.admin.debug:
             raise ValueError(
@@ -523,6 +551,22 @@ class AppConfig(StrictModel):
             if model is not None:
                 served[name] = model
         return served
+
+    def search_engine(self) -> str | None:
+        """The search engine in use: the one named, else ``embedded`` beside the SQLite store;
+        None (search off) with the Redis store and no engine named."""
+        if self.search.engine is not None:
+            return self.search.engine
+        return "embedded" if self.store.backend == "sqlite" else None
+
+    def searches(self) -> bool:
+        """Whether stored images are indexed and searched: search is enabled, its image
+        encoder is served and an engine is chosen."""
+        return (
+            self.search.enabled
+            and self.search.image_encoder in self.served_models()
+            and self.search_engine() is not None
+        )
 
     def serves_generation(self) -> bool:
         """Whether an image generator is served (and with it the similar-image pipeline)."""

@@ -103,6 +103,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         ) from None
 
 
+def thumbnail(data: bytes, longest_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A JPEG of the image whose longest side is at most ``longest_side`` pixels (never
+    enlarged), upright as its EXIF orientation says."""
+    image = decode_image(data, max_pixels)
+    image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85, optimize=True)
+    return buffer.getvalue()
+
+
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise _too_many_pixels(max_pixels, f"{width}x{height} = {width * height} pixels")

@@ -83,6 +83,8 @@ class EmbeddingResult:
     embedding: tuple[float, ...] | None = None
     error: ItemError | None = None
     tokens: int | None = None
+    #: The encoder's checkpoint (:func:`~vlgraph.model_source.checkpoint_fingerprint`).
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import os
 from pathlib import Path
 
@@ -72,6 +73,31 @@ def _tiny_family(name: str, source: str) -> str:
             + ", ".join(TINY_PREFIX + f for f in families())
         )
     return family
+
+
+#: Files of a checkpoint folder that do not change what it computes.
+_NOT_WEIGHTS = ("README*", "*.md", ".*")
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """What identifies a checkpoint's computation: a sha256 over the relative path and
+    contents of each of its files (documentation, caches and marker files left out), so that
+    the same weights anywhere give the same fingerprint and any retrained or replaced file
+    another. Search vectors carry it (an index never mixes encoders)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*")):
+        relative = file.relative_to(root)
+        if not file.is_file() or any(
+            fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in _NOT_WEIGHTS
+        ):
+            continue
+        digest.update(relative.as_posix().encode() + b"\0")
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def resolve_model_path(

@@ -25,6 +25,8 @@ from deployments.ingress.routes import (
     health,
     openai,
     questions,
+    search,
+    search_admin,
     web,
 )
 from deployments.ingress.settings import GuardSettings
@@ -63,7 +65,8 @@ def create_api(context: IngressContext, guards: GuardSettings) -> FastAPI:
     install_error_handlers(api)
     api.add_middleware(SecurityHeaders)
     api.add_middleware(RequestCounter)
-    for area in (health, captions, questions, embeddings, generation, admin, openai):
+    areas = (health, captions, questions, embeddings, generation, search, admin, search_admin)
+    for area in (*areas, openai):
         api.include_router(area.router(context))
     web.mount_static(api)
     return api

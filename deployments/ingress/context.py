@@ -11,13 +11,15 @@ from ray.serve.handle import DeploymentHandle
 from deployments.ingress.callers import AccessGate
 from deployments.ingress.gateway import PIPELINE, ModelGateway
 from deployments.ingress.rate_limits import CallerBudgets
+from deployments.ingress.search import ImageSearch
 from deployments.ingress.settings import IngressSettings
 from vlgraph.access_config import AccessRules
 from vlgraph.cache import make_result_cache
 from vlgraph.config import IngressConfig
-from vlgraph.image_store import ImageStore, make_image_store
+from vlgraph.image_store import ImageStore
 from vlgraph.safe_fetch import ImageFetcher
 from vlgraph.service_metrics import service_metrics
+from vlgraph.store_backends import make_image_store
 
 
 @dataclass
@@ -29,6 +31,8 @@ class IngressContext:
     store: ImageStore
     fetcher: ImageFetcher
     access: AccessGate
+    #: Semantic search over the stored images; None when the profile has it off.
+    search: ImageSearch | None = None
 
     @classmethod
     def create(
@@ -44,10 +48,15 @@ class IngressContext:
             fingerprints=settings.fingerprints,
             timeouts=settings.timeouts,
         )
+        store = make_image_store(settings.store)
+        search = None
+        if settings.search is not None:
+            search = ImageSearch.create(settings.search, settings.store, store, gateway)
         return cls(
             settings=settings,
             gateway=gateway,
-            store=make_image_store(settings.store),
+            store=store,
+            search=search,
             fetcher=ImageFetcher(settings.image_fetch, settings.config.max_image_bytes),
             # Closed until Serve hands the replica its rules (Ingress.reconfigure).
             access=AccessGate(

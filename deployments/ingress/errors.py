@@ -62,14 +62,16 @@ ERROR_STATUS_TEXT = {
     "unconfigured admin key.",
     404: "No such file, stored image or route.",
     408: "The request body did not arrive within ingress.body_timeout_s.",
+    409: "The stored search vectors come from another encoder than the served one (or some "
+    "images have none): run vlgraph-index --rebuild.",
     413: "Over a size limit: the body, an image's bytes or pixels, images or items per request.",
     415: "Not an image of an accepted type (judged by content), or a body of another type.",
     422: "The request does not validate (the message names the field), an undecodable "
     "image, a text or generation setting past its limit, a URL that cannot be fetched.",
     429: "Overloaded: this deployment's queue is full; retry after Retry-After.",
     500: "Internal error; quote the request id.",
-    503: "Overloaded, a deadline passed, or a model replica is unavailable; retry after "
-    "Retry-After.",
+    503: "Overloaded, a deadline passed, or a model replica, the image store or the search "
+    "index is unavailable; retry after Retry-After.",
 }
 
 

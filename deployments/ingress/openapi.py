@@ -15,6 +15,7 @@ routes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from vlgraph.config import DiffusionConfig, IngressConfig
 from vlgraph.generation_params import MAX_SEED, MIN_SIZE, SIZE_MULTIPLE
 from vlgraph.image_store import IMAGE_ID_PATTERN
 from vlgraph.images import ImageInfo
+from vlgraph.search_config import MAX_REBUILD_BATCH, SearchConfig
 from vlgraph.served_models import Capability, ModelCatalog
 from vlgraph.text_inputs import BLANK_CLASS, NOT_BLANK_PATTERN
 
@@ -73,6 +75,9 @@ class ServiceLimits:
     catalog: ModelCatalog
     generators: dict[str, DiffusionConfig]
     overload_statuses: tuple[int, ...] = (503,)
+    #: Search's limits (its defaults when the profile has search off: the routes still
+    #: answer, with 400 search_not_served).
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
 
     def largest(self, field: str, fallback: float) -> Any:
         """The most any served generator allows for ``field`` (a model's own bound may be
@@ -181,6 +186,19 @@ FIELD_LIMITS: dict[str, FieldLimits] = {
     "seed": FieldLimits(number=lambda _: {"minimum": 0, "maximum": MAX_SEED}),
 }
 
+#: Fields whose limits differ on one operation, by (path, name); they win over FIELD_LIMITS.
+OPERATION_FIELD_LIMITS: dict[tuple[str, str], FieldLimits] = {
+    ("/api/search", "text"): FieldLimits(
+        string=lambda limits: {"maxLength": limits.search.max_query_chars}
+    ),
+    ("/api/search", "limit"): FieldLimits(
+        number=lambda limits: {"minimum": 1, "maximum": limits.search.max_limit}
+    ),
+    ("/api/admin/index/rebuild", "limit"): FieldLimits(
+        number=lambda _: {"minimum": 1, "maximum": MAX_REBUILD_BATCH}
+    ),
+}
+
 #: The OpenAPI extension by which a route says what its ``model`` picks (a capability).
 MODEL_CAPABILITY = "x-model-capability"
 #: The extension by which a route lists the served models its ``model`` picks, where no one
@@ -231,14 +249,14 @@ def service_openapi(
             # and comes out as {}: not an example of any parameter.
             if parameter.get("example") == {}:
                 del parameter["example"]
-            _limit_field(parameter["name"], parameter["schema"], limits)
+            _limit_field(path, parameter["name"], parameter["schema"], limits)
             if parameter["name"] == "model":
                 _limit_models(parameter["schema"], served)
         for media_type, content in operation.get("requestBody", {}).get("content", {}).items():
             body = _resolved(content.get("schema", {}), schemas)
             for name, field in body.get("properties", {}).items():
                 _mark_files(field)
-                _limit_field(name, field, limits)
+                _limit_field(path, name, field, limits)
                 if name == "model":
                     _limit_models(field, served)
             if media_type == "multipart/form-data" and path in UPLOAD_FIELDS:
@@ -301,8 +319,8 @@ def _mark_files(schema: dict[str, Any]) -> None:
             candidate["format"] = "binary"
 
 
-def _limit_field(name: str, schema: dict[str, Any], limits: ServiceLimits) -> None:
-    field = FIELD_LIMITS.get(name)
+def _limit_field(path: str, name: str, schema: dict[str, Any], limits: ServiceLimits) -> None:
+    field = OPERATION_FIELD_LIMITS.get((path, name)) or FIELD_LIMITS.get(name)
     if field is None:
         return
     for branch in _branches(schema):

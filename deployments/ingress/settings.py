@@ -12,6 +12,7 @@ from vlgraph.config import (
     DiffusionConfig,
     ImageFetchConfig,
     IngressConfig,
+    SearchConfig,
     StoreConfig,
 )
 from vlgraph.served_models import ModelCatalog
@@ -38,6 +39,8 @@ class IngressSettings:
     overload_statuses: tuple[int, ...] = (503,)
     #: Where the callers' rate-limit budgets are shared (the cache's Redis); None: in process.
     rate_limit_redis: RedisTarget | None = None
+    #: Semantic search over the stored images, its engine resolved; None: search is off.
+    search: SearchConfig | None = None
 
 
 @dataclass(frozen=True)

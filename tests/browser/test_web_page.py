@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 
 from tests.support.browser import chromium, served_page
 from tests.support.common import REPO_ROOT
+from vlgraph.tiny.world import Scene, draw
 
 pytestmark = [pytest.mark.cli, pytest.mark.browser]
 
@@ -32,7 +34,7 @@ SCREENSHOTS = Path(
 )
 EXAMPLES = REPO_ROOT / "images"
 PHONE_WIDTH = 360
-TABS = ("caption", "questions", "generate", "similar", "embed")
+TABS = ("caption", "questions", "generate", "similar", "embed", "search")
 #: What Chrome logs for every 4xx/5xx answer; the tests send bad files on purpose.
 FAILED_LOAD = "Failed to load resource"
 
@@ -558,6 +560,64 @@ def test_embedding_flow(page: Any, page_url: str, tmp_path: Path) -> None:
 
 
 # ---- phone width
+
+
+# ---- 6. search over the stored images
+
+
+def test_search_flow(page: Any, page_url: str, tmp_path: Path) -> None:
+    """Two world pictures uploaded; a German description finds the red one first, shown as a
+    thumbnail with its score and caption; a dropped picture searches by image; clicking a
+    result opens it in the questions panel; an empty search is refused in words."""
+    pictures = {}
+    for colour, background in (("red", "white"), ("blue", "yellow")):
+        path = tmp_path / f"{colour}.png"
+        draw(Scene("circle", colour, background), random.Random(7), 96).save(path)
+        answer = httpx.post(
+            f"{page_url}/upload", files={"image": (path.name, path.read_bytes())}, timeout=120
+        ).json()
+        pictures[colour] = (path, answer["image_id"])
+
+    open_tab(page, "search")
+    fill(page, "#search-text", "ein roter Kreis auf weißem Hintergrund")
+    find(page, "#search-submit").click()
+    wait_for(page, lambda: page.find_elements("css selector", "#search-results li"), "results")
+    first = find(page, "#search-results li.search-result")
+    assert first.get_attribute("data-image-id") == pictures["red"][1]
+    assert "score" in first.text
+    wait_for(
+        page,
+        lambda: (
+            first.find_element("css selector", "img").get_attribute("naturalWidth")
+            not in (None, "0")
+        ),
+        "the first result's thumbnail",
+    )
+    screenshot(page, "search-text")
+
+    fill(page, "#search-text", "")
+    drop_files(page, "#search-drop", pictures["blue"][0])
+    wait_for(page, lambda: "blue.png" in text(page, "#search-chosen"), "the dropped image")
+    find(page, "#search-submit").click()
+    wait_for(
+        page,
+        lambda: (
+            find(page, "#search-results li.search-result").get_attribute("data-image-id")
+            == pictures["blue"][1]
+        ),
+        "the dropped picture found first",
+    )
+    find(page, "#search-results li.search-result").click()
+    wait_for(page, lambda: find(page, "#questions-panel").is_displayed(), "the questions panel")
+    wait_for(page, lambda: find(page, "#question-submit").is_enabled(), "a chosen image")
+    stored = httpx.get(f"{page_url}/images/{pictures['blue'][1]}", timeout=30)
+    assert stored.status_code == 200
+    screenshot(page, "search-to-questions")
+
+    open_tab(page, "search")
+    find(page, "#search-clear").click()
+    find(page, "#search-submit").click()
+    assert "description" in shown_error(page, "#search-error")
 
 
 def test_every_panel_fits_a_phone_screen(page: Any) -> None:

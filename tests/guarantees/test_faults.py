@@ -444,10 +444,18 @@ def test_every_acknowledged_write_survives_a_crash(
 
     app = f"faults-store-{store}"
     args = served_variant(checkpoint_cache, image_root, tmp_path / "data")
-    args["vqa"] = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")["vqa"]
+    full = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
+    args["vqa"] = full["vqa"]
+    killed = [args["ingress"], args["models"]["blip"], args["vqa"]]
+    if store == "sqlite":
+        # Search on: every upload's vector is part of its write, and search must find
+        # exactly the stored images after the crash.
+        args["clip_image"] = full["clip_image"]
+        args["search"] = {"enabled": True}
+        killed.append(args["clip_image"])
     # Serve notices a dead replica at its next health check: every 1 s here, not 10, so that
     # the crash costs seconds of test time (how long recovery takes is test 1's figure).
-    for options in (args["ingress"], args["models"]["blip"], args["vqa"]):
+    for options in killed:
         options["deployment"]["health_check_period_s"] = 1.0
     redis_server = None
     if store == "redis":
@@ -476,7 +484,8 @@ def test_every_acknowledged_write_survives_a_crash(
             load.hold(1.5, min_requests=12)
             crashed_at = time.monotonic()
             pids = replica_pids(app)
-            assert len(pids) == 3, pids  # ingress, blip_caption, blip_vqa
+            # ingress, blip_caption, blip_vqa (and clip_image_encoder with search)
+            assert len(pids) == len(killed), pids
             for pid in pids.values():
                 sigkill_replica(app, pid)
             if redis_server is not None:
@@ -499,6 +508,8 @@ def test_every_acknowledged_write_survives_a_crash(
         outcomes = load.outcomes
         with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT_S) as client:
             found = check_store(client, outcomes)
+            if store == "sqlite":
+                found["by_search"] = check_search(client, found["stored_ids"])
     finally:
         serve.delete(app)
         if redis_server is not None:
@@ -519,7 +530,25 @@ def test_every_acknowledged_write_survives_a_crash(
         "found_after_restart": found["uploads"] + found["questions"],
         "lost": len(uploads) + len(questions) - found["uploads"] - found["questions"],
         "stored_without_acknowledgement": found["unacknowledged"],
+        "found_by_search": found.get("by_search"),
     }
+
+
+def check_search(client: httpx.Client, stored_ids: set[str]) -> int:
+    """Paging through a search that admits everything finds exactly the stored images (so
+    every acknowledged upload, and nothing the store does not hold); how many."""
+    found: list[str] = []
+    body: dict[str, Any] = {"image_id": next(iter(stored_ids)), "limit": 100}
+    while True:
+        page = client.post("/api/search", json=body)
+        assert page.status_code == 200, page.text
+        found += [result["image_id"] for result in page.json()["results"]]
+        if page.json()["next_cursor"] is None:
+            break
+        body["cursor"] = page.json()["next_cursor"]
+    assert len(found) == len(set(found)), "an image found twice"
+    assert set(found) == stored_ids, set(found) ^ stored_ids
+    return len(found)
 
 
 def healthy(url: str) -> bool:
@@ -574,4 +603,5 @@ def check_store(client: httpx.Client, outcomes: list[Outcome]) -> dict[str, int]
         "uploads": found["uploads"],
         "questions": found["questions"],
         "unacknowledged": stored_writes - found["uploads"] - found["questions"],
+        "stored_ids": set(by_id),
     }

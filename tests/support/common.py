@@ -125,6 +125,10 @@ def similar_image_app_args(checkpoint_cache: Path, generator: str) -> dict:
     }
 
 
+#: Uploads this close to a stored image name it in duplicate_of (the same picture re-encoded).
+TEST_DUPLICATE_THRESHOLD = 0.995
+
+
 def make_test_config(
     checkpoint_cache: Path, image_root: Path, data_dir: Path | None = None
 ) -> AppConfig:
@@ -208,6 +212,7 @@ def make_test_config(
                 "backend": "sqlite",
                 "data_dir": str(data_dir or image_root.parent / "data"),
             },
+            "search": {"duplicate_threshold": TEST_DUPLICATE_THRESHOLD},
         }
     )
 

@@ -13,13 +13,30 @@ import base64
 import io
 import os
 import re
+import threading
 
 import numpy as np
 import schemathesis
 from hypothesis import strategies as st
+from hypothesis.internal import lambda_sources as _lambda_sources
 from PIL import Image
 from schemathesis.specs.openapi import checks as _openapi_checks
 from schemathesis.transport.serialization import contains_binary
+
+# Hypothesis describes a filter's lambda by parsing its module's source with ``ast`` the first
+# time it meets one; two of Schemathesis' worker threads doing that at once make CPython 3.11
+# raise "AST constructor recursion depth mismatch" (a SystemError in the run, on whichever
+# operation drew it). One parse at a time.
+_describing = threading.Lock()
+_describe_lambda = _lambda_sources.lambda_description
+
+
+def _one_at_a_time(function):
+    with _describing:
+        return _describe_lambda(function)
+
+
+_lambda_sources.lambda_description = _one_at_a_time
 
 #: File extension of each media type the API takes, and its Pillow format.
 IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}

@@ -115,3 +115,16 @@ def record(what: str, figure: float, threshold: float | None = None, count: int 
     bar = f" (needs >= {threshold:.0%})" if threshold is not None else " (reported)"
     of = f" of {count}" if count else ""
     FIGURES.append(f"{what}: {figure:.1%}{of}{bar}")
+
+
+def uploadable(images: list[HeldOut]) -> list[HeldOut]:
+    """``images`` with the WebP ones re-encoded as PNG: /upload takes JPEG and PNG."""
+    kept = []
+    for image in images:
+        if image.media_type == "image/webp":
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(image.data)).save(buffer, format="PNG")
+            name = image.filename.rsplit(".", 1)[0] + ".png"
+            image = HeldOut(image.scene, buffer.getvalue(), "image/png", name)
+        kept.append(image)
+    return kept

@@ -80,36 +80,54 @@ def build_clip(folder: Path, size: CheckpointSize, needs: Mapping[str, Path]) ->
 #: Side of the tiny CLIP's input images (patch 8: 16 patches).
 TINY_CLIP_IMAGE_SIZE = 32
 CLIP_TRAINING_STEPS = 1200
+#: The share of the image-to-image term in CLIP's loss.
+IMAGE_TO_IMAGE_WEIGHT = 0.5
 
 
 def _train_clip(model, processor) -> None:
-    """Contrastive training: each step holds one image of each of the 72 scenes and their
-    captions, so every caption has exactly one right image in the batch."""
+    """Contrastive training: each step holds two images of each of the 72 scenes and their
+    captions, so every caption has exactly one right image in the batch. Captions are
+    matched with the first images; the first images with the second (another drawing of the
+    same scene), so that pictures of one thing are each other's nearest (image search)."""
     import torch
 
-    pool = world_pool(seed=1)
-    pixels = processor(images=pool.images, return_tensors="pt")["pixel_values"]
+    # The second drawings are larger, as pictures people search with are: a picture is
+    # near another of the same thing whatever its resolution.
+    pools = [world_pool(seed=1), world_pool(seed=2, size=128)]
     scenes = all_scenes()
-    by_scene = {scene: [] for scene in scenes}
-    for index, scene in enumerate(pool.scenes):
-        by_scene[scene].append(index)
+    pixels, by_scene = [], []
+    for pool in pools:
+        pixels.append(processor(images=pool.images, return_tensors="pt")["pixel_values"])
+        indices: dict = {scene: [] for scene in scenes}
+        for index, scene in enumerate(pool.scenes):
+            indices[scene].append(index)
+        by_scene.append(indices)
     text = processor.tokenizer(
         [scene.caption for scene in scenes], padding=True, return_tensors="pt"
     )
     targets = torch.arange(len(scenes))
     generator = torch.Generator().manual_seed(1)
 
-    def loss_of_step(step: int):
-        picks = [
-            by_scene[scene][int(torch.randint(len(by_scene[scene]), (), generator=generator))]
+    def pick(pool: int):
+        indices = by_scene[pool]
+        chosen = [
+            indices[scene][int(torch.randint(len(indices[scene]), (), generator=generator))]
             for scene in scenes
         ]
-        output = model(pixel_values=pixels[picks], **text)
-        logits = output.logits_per_text
+        return pixels[pool][chosen]
+
+    def symmetric(logits):
         return (
             torch.nn.functional.cross_entropy(logits, targets)
             + torch.nn.functional.cross_entropy(logits.T, targets)
         ) / 2
+
+    def loss_of_step(step: int):
+        output = model(pixel_values=torch.cat([pick(0), pick(1)]), **text)
+        images = output.image_embeds  # unit length
+        logits = output.logits_per_text[:, : len(scenes)]
+        same_scene = images[: len(scenes)] @ images[len(scenes) :].T * model.logit_scale.exp()
+        return symmetric(logits) + IMAGE_TO_IMAGE_WEIGHT * symmetric(same_scene)
 
     model.train()
     train("clip", model.parameters(), loss_of_step, CLIP_TRAINING_STEPS, learning_rate=2e-3)

@@ -14,7 +14,7 @@ from deployments.ingress.errors import error_responses
 from vlgraph.config import AdminConfig
 from vlgraph.errors import ForbiddenError, ServiceUnavailableError, UnauthorizedError
 
-_API_KEY_HEADER = APIKeyHeader(
+API_KEY_HEADER = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,
     description="The admin key (API_KEY); not needed when the service runs with DEBUG=true.",
@@ -61,7 +61,7 @@ def router(context: IngressContext) -> APIRouter:
         summary="Remove this service's cached answers",
         responses=error_responses(401, 403, 503),
     )
-    async def reset_cache(api_key: str | None = Security(_API_KEY_HEADER)) -> ResetCacheResponse:
+    async def reset_cache(api_key: str | None = Security(API_KEY_HEADER)) -> ResetCacheResponse:
         """Remove every key under this service's namespace, never other data in Redis."""
         authorize_admin(context.settings.admin, api_key)
         cache = context.gateway.cache

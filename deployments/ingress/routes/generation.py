@@ -1,6 +1,7 @@
 """Image generation and the similar-image pipeline: ``POST /generate`` (stored),
 ``GET /generate-image``, ``POST /api/similar-image`` (caption -> generation), their
-server-sent-event twins, and ``GET /images/{image_id}`` (stored uploads and generations).
+server-sent-event twins; stored generations are served by ``GET /images/{image_id}``
+(routes/search.py).
 
 Every route has a streaming twin that answers server-sent events: one ``step`` event per
 denoising step, then the ``image`` (and first the ``caption`` for the pipeline). A client
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -30,6 +31,7 @@ from deployments.ingress.callers import record_images
 from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.openapi import MODEL_CAPABILITY, MODEL_NAMES
+from deployments.ingress.search import search_vector
 from deployments.ingress.uploads import (
     form_or_json_body,
     image_form,
@@ -238,6 +240,8 @@ def router(context: IngressContext) -> APIRouter:
             settings.prompt,
             kind="generated",
             prompt=settings.prompt,
+            model=body.model,
+            vector=await search_vector(context.search, answer.image),
         )
         return answer.model_copy(
             update={"image_id": stored.image_id, "image_path": f"/images/{stored.image_id}"}
@@ -312,17 +316,6 @@ def router(context: IngressContext) -> APIRouter:
         """``caption``, ``step`` events, then ``image`` (as /api/similar-image) or ``error``."""
         model, similar = await generation.similar_request(request)
         return generation.pipeline_stream(model, similar)
-
-    @routes.get(
-        "/images/{image_id}",
-        summary="A stored image (uploads and generated images)",
-        responses={200: {"content": {"image/*": {}}}, **error_responses(404, 503)},
-    )
-    async def stored_image(image_id: str) -> Response:
-        """The stored bytes with their media type."""
-        stored = await store.get_image(image_id)
-        data = await store.read_image(stored.image_id)
-        return Response(data, media_type=stored.media_type)
 
     return routes
 

@@ -22,6 +22,7 @@ from deployments.ingress.routes.web import page_html, prefers_html
 from vlgraph import __version__
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import ServiceUnavailableError
+from vlgraph.search_config import SearchConfig
 from vlgraph.served_models import Capability
 from vlgraph.service_metrics import only_vlgraph_series, ray_metrics_url
 
@@ -120,6 +121,9 @@ class ModelsResponse(BaseModel):
         description="The generator the similar-image pipeline draws with (the only model "
         "POST /api/similar-image and /v1/images/variations take); null: no pipeline.",
     )
+    search: bool = Field(
+        False, description="POST /api/search is served: stored images are indexed."
+    )
 
 
 # Statuses in which a request is served even with no replica running yet: scaled to zero
@@ -171,6 +175,7 @@ def router(context: IngressContext) -> APIRouter:
         catalog=settings.catalog,
         generators=settings.generators,
         overload_statuses=settings.overload_statuses,
+        search=settings.search or SearchConfig(),
     )
     described: dict[bool, Any] = {}
 
@@ -269,6 +274,7 @@ def router(context: IngressContext) -> APIRouter:
                 for model in settings.catalog.served
             ],
             similar_image_generator=context.gateway.pipeline_generator(),
+            search=context.search is not None,
         )
 
     @routes.get(

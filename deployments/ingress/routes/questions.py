@@ -6,6 +6,7 @@ Nothing is stored unless all of it is: an upload is captioned first and stored a
 atomic store write; a question is answered first and recorded after.
 """
 
+import asyncio
 import base64
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.openapi import MAX_HISTORY_OFFSET
 from deployments.ingress.routes.captions import PATH_CAPTIONER, Captioning
+from deployments.ingress.search import search_vector
 from deployments.ingress.uploads import form_or_json_body, read_form_or_json, read_upload
 from vlgraph.errors import BadRequestError, ItemError, ServiceError
 from vlgraph.image_store import HistoryPage, QuestionRecord
@@ -39,6 +41,11 @@ class UploadResponse(BaseModel):
     filename: str | None
     created_at: datetime
     cache: bool = Field(description="The caption came from the result cache.")
+    duplicate_of: str | None = Field(
+        None,
+        description="A stored image this one nearly repeats (search.duplicate_threshold); "
+        "null when none is that close or the check is off. The upload is stored either way.",
+    )
 
 
 class QuestionBody(BaseModel):
@@ -104,12 +111,20 @@ def router(context: IngressContext) -> APIRouter:
     async def upload(image: UploadFile = _IMAGE_FILE) -> UploadResponse:
         """Caption the image with BLIP and store both; answers the new ``image_id``."""
         data, image_info = await read_image(image)
-        outcome = await captioning.answer(PATH_CAPTIONER, data, None, None)
+        outcome, vector = await asyncio.gather(
+            captioning.answer(PATH_CAPTIONER, data, None, None),
+            search_vector(context.search, data),
+        )
         if isinstance(outcome, ItemError):
             raise ServiceError.from_item_error(outcome)
         answer, cached = outcome
+        duplicate = await context.search.duplicate_of(vector) if context.search and vector else None
         stored = await store.add_image(
-            data, image_info.media_type, answer["caption"], filename=image.filename
+            data,
+            image_info.media_type,
+            answer["caption"],
+            filename=image.filename,
+            vector=vector,
         )
         return UploadResponse(
             image_id=stored.image_id,
@@ -119,6 +134,7 @@ def router(context: IngressContext) -> APIRouter:
             filename=stored.filename,
             created_at=stored.created_at,
             cache=cached,
+            duplicate_of=duplicate,
         )
 
     @routes.post(

@@ -48,17 +48,40 @@ def test_the_manifest_carries_serve_config_yaml() -> None:
     )
 
 
-def test_its_serve_config_is_the_gpu_profile_with_state_in_redis(documents) -> None:
+def test_its_serve_config_is_the_gpu_profile_with_state_in_redis(
+    documents, monkeypatch: pytest.MonkeyPatch
+) -> None:
     served = yaml.safe_load(documents["RayService/vlgraph"]["spec"]["serveConfigV2"])
     original = yaml.safe_load(SERVE_CONFIG.read_text())
+    with pytest.raises(ValueError, match="VLGRAPH_PGVECTOR_DSN"):  # without the Secret
+        AppConfig.model_validate(served["applications"][0]["args"])
+    # The pods read it from the vlgraph-pgvector Secret.
+    dsn = "postgresql://vlgraph:secret@vlgraph-postgres:5432/vlgraph"
+    monkeypatch.setenv("VLGRAPH_PGVECTOR_DSN", dsn)
     config = AppConfig.model_validate(served["applications"][0]["args"])
     assert config.store.backend == "redis" and config.cache.backend == "redis"
     assert config.store.redis_host == config.cache.redis_host == "vlgraph-redis"
+    assert config.searches() and config.search_engine() == "pgvector"
+    assert config.search.pgvector_dsn.get_secret_value() == dsn
     # Everything else exactly as serve_config.yaml says.
     for document in (served, original):
-        for key in ("store", "cache"):
+        for key in ("store", "cache", "search"):
             document["applications"][0]["args"].pop(key, None)
     assert served == original
+
+
+def test_search_is_shared_in_postgres_that_only_ray_pods_reach(documents, ray_cluster) -> None:
+    postgres = documents["StatefulSet/vlgraph-postgres"]["spec"]["template"]["spec"]
+    (container,) = postgres["containers"]
+    assert container["image"].startswith("pgvector/pgvector:")
+    assert postgres["securityContext"]["runAsNonRoot"] is True
+    assert documents["Service/vlgraph-postgres"]["spec"]["ports"][0]["port"] == 5432
+    policy = documents["NetworkPolicy/vlgraph-postgres"]["spec"]
+    assert policy["ingress"][0]["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    for template in pod_templates(ray_cluster):
+        env = {item["name"]: item for item in template["spec"]["containers"][0]["env"]}
+        secret = env["VLGRAPH_PGVECTOR_DSN"]["valueFrom"]["secretKeyRef"]
+        assert (secret["name"], secret["key"]) == ("vlgraph-pgvector", "dsn")
 
 
 def test_kubernetes_objects_and_pod_templates_pass_kubernetes_schemas(documents, ray_cluster):

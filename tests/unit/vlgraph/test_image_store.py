@@ -16,26 +16,28 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
 from tests.support.common import REPO_ROOT, RedisServer, free_port
-from vlgraph import image_store
+from vlgraph import image_store, sqlite_image_store
 from vlgraph.cache import RedisCache
 from vlgraph.config import StoreConfig
 from vlgraph.errors import BadRequestError, ServiceError
 from vlgraph.image_store import (
     HistoryPage,
     ImageStore,
+    ImageVector,
     QuestionRecord,
-    RedisImageStore,
-    SqliteImageStore,
     StoredImage,
     StoreNotDurableError,
     StoreUnavailableError,
     UnknownImageError,
-    make_image_store,
 )
+from vlgraph.redis_image_store import RedisImageStore
+from vlgraph.sqlite_image_store import SqliteImageStore
+from vlgraph.store_backends import make_image_store
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 JPEG = b"\xff\xd8\xff\xe0" + b"jpeg body" * 50
@@ -340,9 +342,9 @@ def test_sqlite_layout(tmp_path: Path) -> None:
     connection = sqlite3.connect(folder / "vlgraph.sqlite3")
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-        assert {"images", "questions"} <= tables
+        assert {"images", "questions", "vectors"} <= tables
     finally:
         connection.close()
 
@@ -368,10 +370,10 @@ def test_sqlite_sweeps_old_orphan_files_at_start(tmp_path: Path) -> None:
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     run(SqliteImageStore(tmp_path).add_image(PNG, "image/png", "v1"))
     connection = sqlite3.connect(tmp_path / "vlgraph.sqlite3")
-    connection.execute("PRAGMA user_version = 2")
+    connection.execute("PRAGMA user_version = 3")
     connection.close()
     store = SqliteImageStore(tmp_path)
-    with pytest.raises(StoreUnavailableError, match="schema version 2"):
+    with pytest.raises(StoreUnavailableError, match="schema version 3"):
         run(store.history())
     assert run(store.ping()) is False
 
@@ -420,7 +422,7 @@ def test_sqlite_failed_file_write_leaves_nothing(
         raise OSError(28, "No space left on device")
 
     # Fails after the rename into place: the renamed file must go too.
-    monkeypatch.setattr(image_store, "_fsync_dir", broken_fsync)
+    monkeypatch.setattr(sqlite_image_store, "_fsync_dir", broken_fsync)
     with pytest.raises(StoreUnavailableError, match="No space left"):
         run(store.add_image(PNG, "image/png", "lost"))
     monkeypatch.undo()
@@ -457,7 +459,7 @@ def test_sqlite_two_store_objects_write_concurrently(tmp_path: Path) -> None:
 WRITER = """
 import asyncio, sys
 from pathlib import Path
-from vlgraph.image_store import SqliteImageStore
+from vlgraph.sqlite_image_store import SqliteImageStore
 
 async def main(folder, count, tag):
     store = SqliteImageStore(Path(folder))
@@ -586,6 +588,13 @@ def test_redis_require_fsync_without_aof_is_refused_whole(
     assert "appendonly yes" in error.value.message
     assert "require_fsync" in error.value.message
     assert namespace_keys(redis_server.port, namespace) == []
+
+    # A refused write takes its search vector with it; only the sequence counter moves on.
+    with pytest.raises(StoreNotDurableError):
+        run(using(durable, lambda store: store.add_image(PNG, "image/png", "v", vector=vector(1))))
+    assert run(using(relaxed, lambda store: store.vectors_since(0, 10))) == []
+    census = run(using(relaxed, lambda store: store.census()))
+    assert (census.images, census.by_fingerprint) == (0, {})
 
     image = run(using(relaxed, lambda store: store.add_image(PNG, "image/png", "kept")))
     with pytest.raises(StoreNotDurableError):
@@ -732,3 +741,191 @@ def test_redis_store_recovers_when_the_server_returns(aof_server: RedisServer) -
         assert [record.answer for record in await store.questions(image.image_id)] == ["yes"]
 
     run(using(lambda: make_image_store(config), scenario))
+
+
+# --------------------------------------------------------------------------------------------
+# Search vectors
+
+
+def vector(seed: int, fingerprint: str = "encoder-a", dimension: int = 8) -> ImageVector:
+    values = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
+    return ImageVector(values / np.linalg.norm(values), fingerprint)
+
+
+def test_vectors_are_written_with_their_records_in_sequence(config: StoreConfig) -> None:
+    async def scenario(store: ImageStore) -> None:
+        assert await store.vectors_since(0, 10) == []
+        plain = await store.add_image(PNG, "image/png", "no vector")
+        first = await store.add_image(PNG, "image/png", "a", vector=vector(1))
+        drawn = await store.add_image(
+            JPEG, "image/jpeg", "b", kind="generated", prompt="p", model="sd", vector=vector(2)
+        )
+        listed = await store.vectors_since(0, 10)
+        assert [item.image_id for item in listed] == [first.image_id, drawn.image_id]
+        assert listed[0].seq < listed[1].seq
+        assert np.array_equal(listed[0].vector, vector(1).values)
+        assert listed[1].vector.dtype == np.float32
+        assert (listed[1].kind, listed[1].model, listed[1].fingerprint) == (
+            "generated",
+            "sd",
+            "encoder-a",
+        )
+        assert listed[1].created_us == image_store.to_micros(drawn.created_at)
+        assert (await store.get_image(drawn.image_id)).model == "sd"
+        assert await store.vectors_since(listed[0].seq, 10) == listed[1:]
+        assert await store.vectors_since(0, 1) == listed[:1]
+        census = await store.census()
+        assert (census.images, census.without_vector) == (3, 1)
+        assert census.by_fingerprint == {"encoder-a": 2}
+        assert plain.image_id not in {item.image_id for item in listed}
+
+    run(using(lambda: make_image_store(config), scenario))
+
+
+def test_a_rewritten_vector_moves_to_a_new_sequence_number(config: StoreConfig) -> None:
+    async def scenario(store: ImageStore) -> None:
+        image = await store.add_image(PNG, "image/png", "a", vector=vector(1))
+        other = await store.add_image(PNG, "image/png", "b", vector=vector(2))
+        (before, _) = await store.vectors_since(0, 10)
+        await store.set_vector(image.image_id, vector(3, fingerprint="encoder-b"))
+        listed = await store.vectors_since(0, 10)
+        assert [item.image_id for item in listed] == [other.image_id, image.image_id]
+        assert listed[1].seq > before.seq and listed[1].fingerprint == "encoder-b"
+        assert np.array_equal(listed[1].vector, vector(3).values)
+        census = await store.census()
+        assert census.by_fingerprint == {"encoder-a": 1, "encoder-b": 1}
+        with pytest.raises(UnknownImageError):
+            await store.set_vector(uuid.uuid4().hex, vector(4))
+
+    run(using(lambda: make_image_store(config), scenario))
+
+
+def test_concurrent_writers_hand_out_sequence_numbers_in_commit_order(
+    config: StoreConfig,
+) -> None:
+    """A reader that has seen sequence N has seen every vector committed before it: the
+    numbers of concurrent writes from two stores (two replicas) come back strictly rising and
+    complete."""
+
+    async def scenario(store: ImageStore) -> None:
+        twin = make_image_store(config)
+        try:
+            written = await asyncio.gather(
+                *(
+                    (store if n % 2 else twin).add_image(
+                        PNG, "image/png", f"n{n}", vector=vector(n)
+                    )
+                    for n in range(30)
+                )
+            )
+            listed = await store.vectors_since(0, 100)
+            seqs = [item.seq for item in listed]
+            assert seqs == sorted(set(seqs))
+            assert {item.image_id for item in listed} == {image.image_id for image in written}
+        finally:
+            await twin.close()
+
+    run(using(lambda: make_image_store(config), scenario))
+
+
+_V1_SCHEMA = (
+    """CREATE TABLE images (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id TEXT NOT NULL UNIQUE,
+        filename TEXT,
+        media_type TEXT NOT NULL,
+        caption TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('upload', 'generated')),
+        prompt TEXT,
+        file_name TEXT NOT NULL
+    )""",
+    "CREATE INDEX images_newest ON images (created_us DESC, seq DESC)",
+    """CREATE TABLE questions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id TEXT NOT NULL REFERENCES images (image_id) ON DELETE CASCADE,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        asked_us INTEGER NOT NULL
+    )""",
+    "CREATE INDEX questions_of_image ON questions (image_id, seq)",
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_version_1_store_is_upgraded_with_its_images_and_questions(tmp_path: Path) -> None:
+    """A store written before search (schema 1) keeps every image and question; its images
+    have no vector until a rebuild gives them one, and it takes the new kind."""
+    image_id = uuid.uuid4().hex
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / f"{image_id}.png").write_bytes(PNG)
+    connection = sqlite3.connect(tmp_path / "vlgraph.sqlite3")
+    for statement in _V1_SCHEMA:
+        connection.execute(statement)
+    connection.execute(
+        "INSERT INTO images (image_id, filename, media_type, caption, created_us, kind, "
+        "prompt, file_name) VALUES (?, 'cat.png', 'image/png', 'old', 5, 'upload', NULL, ?)",
+        (image_id, f"{image_id}.png"),
+    )
+    connection.execute(
+        "INSERT INTO questions (image_id, question, answer, asked_us) VALUES (?, 'q', 'a', 6)",
+        (image_id,),
+    )
+    connection.commit()
+    connection.close()
+
+    store = SqliteImageStore(tmp_path)
+    page = run(store.history())
+    assert [(item.image_id, item.caption, item.model) for item in page.items] == [
+        (image_id, "old", None)
+    ]
+    assert [q.question for q in page.items[0].questions] == ["q"]
+    assert run(store.read_image(image_id)) == PNG
+    census = run(store.census())
+    assert (census.images, census.without_vector, census.by_fingerprint) == (1, 1, {})
+    indexed = run(store.add_image(PNG, "image/png", "file", kind="indexed", vector=vector(1)))
+    run(store.set_vector(image_id, vector(2)))
+    assert [item.image_id for item in run(store.vectors_since(0, 10))] == [
+        indexed.image_id,
+        image_id,
+    ]
+    connection = sqlite3.connect(tmp_path / "vlgraph.sqlite3")
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+    connection.close()
+
+
+def test_indexed_files_are_known_by_digest_and_rebuilds_find_what_is_left(
+    config: StoreConfig,
+) -> None:
+    async def scenario(store: ImageStore) -> None:
+        indexed = await store.add_image(JPEG, "image/jpeg", "", kind="indexed", vector=vector(1))
+        await store.add_image(PNG, "image/png", "an upload of other bytes", vector=vector(2))
+        bare = await store.add_image(PNG, "image/png", "no vector")
+        digest = image_store.content_digest(JPEG)
+        assert await store.indexed_digests([digest, "0" * 64]) == {digest}
+        assert await store.indexed_digests([image_store.content_digest(PNG)]) == set()
+        assert await store.images_without_vector("encoder-a", 10) == [bare.image_id]
+        stale = await store.images_without_vector("encoder-b", 10)
+        assert len(stale) == 3 and stale[0] == indexed.image_id
+        assert await store.images_without_vector("encoder-b", 1) == [indexed.image_id]
+
+    run(using(lambda: make_image_store(config), scenario))
+
+
+def test_sqlite_a_failed_vector_write_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vector is part of the record's transaction: when it cannot be written, neither
+    the record nor the file stays."""
+    store = SqliteImageStore(tmp_path)
+
+    def broken_vector(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_image_store, "_insert_vector", broken_vector)
+    with pytest.raises(StoreUnavailableError):
+        run(store.add_image(PNG, "image/png", "lost", vector=vector(1)))
+    monkeypatch.undo()
+    assert run(store.history()).total == 0
+    assert list((tmp_path / "images").iterdir()) == []
+    assert run(store.census()).images == 0

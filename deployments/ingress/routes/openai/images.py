@@ -52,6 +52,7 @@ from deployments.ingress.routes.openai.streams import (
     error_event,
     sse_data,
 )
+from deployments.ingress.search import search_vector
 from deployments.ingress.uploads import image_form, read_image_form, validated
 from vlgraph.config import DiffusionConfig
 from vlgraph.errors import BadRequestError, ItemError, ServiceError
@@ -341,16 +342,17 @@ class Images:
     async def answer(
         self,
         request: Request,
+        model: str,
         drawn: list[tuple[bytes, str]],
         body: ImageFields,
         size: str,
         revised: bool = False,
     ) -> ImagesResponse:
-        """OpenAI's answer for the PNGs ``drawn`` (each with its prompt, the
+        """OpenAI's answer for the PNGs ``model`` drew (each with its prompt, the
         ``revised_prompt`` when ``revised``), as ``body.response_format`` asks."""
+        as_url = body.response_format == "url"
         data = [
-            await self._image(request, png, prompt, body.response_format == "url", revised)
-            for png, prompt in drawn
+            await self._image(request, model, png, prompt, as_url, revised) for png, prompt in drawn
         ]
         return ImagesResponse(
             created=int(time.time()),
@@ -361,13 +363,19 @@ class Images:
         )
 
     async def _image(
-        self, request: Request, png: bytes, prompt: str, as_url: bool, revised: bool
+        self, request: Request, model: str, png: bytes, prompt: str, as_url: bool, revised: bool
     ) -> Image:
         revised_prompt = prompt if revised else None
         if not as_url:
             return Image(b64_json=_base64(png), revised_prompt=revised_prompt)
         stored = await self._store.add_image(
-            png, "image/png", prompt, kind="generated", prompt=prompt
+            png,
+            "image/png",
+            prompt,
+            kind="generated",
+            prompt=prompt,
+            model=model,
+            vector=await search_vector(self._context.search, png),
         )
         url = str(request.url_for("stored_image", image_id=stored.image_id))
         return Image(url=url, revised_prompt=revised_prompt)
@@ -490,7 +498,7 @@ def router(context: IngressContext) -> APIRouter:
             return images.stream(model, first, body)
         generated = await images.generated(model, first, body)
         drawn = [(image.image, image.prompt) for image in generated]
-        return await images.answer(request, drawn, body, _size_text(first))
+        return await images.answer(request, model, drawn, body, _size_text(first))
 
     @routes.post(
         "/v1/images/variations",
@@ -515,6 +523,6 @@ def router(context: IngressContext) -> APIRouter:
         first = images.resolved(model, "caption", body)
         results = await images.variations(data, first, body.n)
         drawn = [(result.generation.image_png, result.caption) for result in results]
-        return await images.answer(request, drawn, body, _size_text(first), revised=True)
+        return await images.answer(request, model, drawn, body, _size_text(first), revised=True)
 
     return routes

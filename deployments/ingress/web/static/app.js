@@ -23,6 +23,8 @@ const state = {
   historyItems: new Map(), // image_id -> the last history page's item
   similarUrl: null, // object URL of the similar panel's original
   storedImages: new Map(), // image_id -> object URL of a stored image fetched with the key
+  searchFile: null, // an image dropped on the search panel (one chosen is in its input)
+  searchCursor: null, // next_cursor of the last search page
 };
 
 /** Where the API key lives: this tab's sessionStorage, under this name. */
@@ -35,7 +37,10 @@ const KEY_MESSAGES = {
 
 /** The model menus and the buttons that need the served models. */
 const MODEL_MENUS = ["caption-model", "generate-model", "similar-model"];
-const TOOL_BUTTONS = ["caption-submit", "upload-submit", "generate-submit", "similar-submit", "embed-submit"];
+const TOOL_BUTTONS = [
+  "caption-submit", "upload-submit", "generate-submit", "similar-submit", "embed-submit",
+  "search-submit",
+];
 
 /* ---------- DOM helpers ---------- */
 
@@ -347,7 +352,7 @@ function markNotServed(panelId, text, buttonIds) {
   for (const id of buttonIds) $(id).disabled = true;
 }
 
-function applyModels(models, catalog, similarGenerator) {
+function applyModels(models, catalog, similarGenerator, search) {
   resetModels();
   for (const model of catalog) served.set(model.name, model);
   const random = catalog.filter((model) => model.random_weights).map((model) => model.label);
@@ -385,6 +390,10 @@ function applyModels(models, catalog, similarGenerator) {
   if (!has("clip_text") && !has("clip_image")) {
     markNotServed("embed-panel", "No CLIP encoder is served by this profile.", ["embed-submit"]);
   }
+
+  if (!search) {
+    markNotServed("search-panel", "Search is not served by this profile.", ["search-submit"]);
+  }
 }
 
 function showHealth(health) {
@@ -410,6 +419,7 @@ async function loadHealth() {
       Array.isArray(health.models) ? health.models : [],
       catalog.models || [],
       catalog.similar_image_generator || null,
+      catalog.search === true,
     );
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
@@ -1020,6 +1030,118 @@ function setUpEmbed() {
   });
 }
 
+/* ---------- Search: stored images by text, image, or both ---------- */
+
+function searchFile() {
+  return state.searchFile || $("search-file").files[0] || null;
+}
+
+function showSearchFile() {
+  const file = searchFile();
+  $("search-chosen").textContent = file ? `Image: ${file.name}` : "";
+}
+
+function searchResult(result) {
+  const li = el("li", "search-result");
+  li.dataset.imageId = result.image_id;
+  li.tabIndex = 0;
+  const img = el("img");
+  img.alt = result.caption ? `Stored image: ${result.caption}` : "Stored image";
+  img.loading = "lazy";
+  const thumbnail = `images/${encodeURIComponent(result.image_id)}/thumbnail`;
+  if (storedKey()) {
+    request(thumbnail, { headers: { Accept: "image/*" } })
+      .then((response) => response.blob())
+      .then((blob) => { img.src = URL.createObjectURL(blob); })
+      .catch(() => {});
+  } else {
+    img.src = thumbnail;
+  }
+  li.append(
+    img,
+    el("p", "score", `score ${result.score.toFixed(3)}`),
+    el("p", "caption", result.caption || result.kind),
+  );
+  const ask = async () => {
+    const known = state.historyItems.get(result.image_id);
+    showTab("questions");
+    chooseImage(result.image_id, await storedImageSrc(result.image_id), result.caption,
+      known ? known.questions : []);
+  };
+  li.addEventListener("click", ask);
+  li.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      ask();
+    }
+  });
+  return li;
+}
+
+async function runSearch(more) {
+  clearError("search-error");
+  const text = $("search-text").value.trim();
+  const file = searchFile();
+  if (!more && !text && !file) {
+    setError("search-error", "Search failed", new ApiError("write a description or choose an image"));
+    return;
+  }
+  const form = new FormData();
+  if (text) form.append("text", text);
+  if (file) form.append("image", file, file.name);
+  if (more && state.searchCursor) form.append("cursor", state.searchCursor);
+  const button = $("search-submit");
+  button.disabled = true;
+  $("search-progress-text").textContent = "Searching…";
+  try {
+    const page = await requestJson("api/search", { method: "POST", body: form });
+    const items = (page.results || []).map(searchResult);
+    if (more) $("search-results").append(...items);
+    else $("search-results").replaceChildren(...items);
+    state.searchCursor = page.next_cursor || null;
+    $("search-more").hidden = !state.searchCursor;
+    $("search-empty").hidden = more || items.length > 0;
+  } catch (error) {
+    setError("search-error", "Search failed", error);
+  } finally {
+    $("search-progress-text").textContent = "";
+    button.disabled = false;
+  }
+}
+
+function setUpSearch() {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runSearch(false);
+  });
+  $("search-more").addEventListener("click", () => runSearch(true));
+  $("search-file").addEventListener("change", () => {
+    state.searchFile = null;
+    showSearchFile();
+  });
+  $("search-clear").addEventListener("click", () => {
+    state.searchFile = null;
+    $("search-file").value = "";
+    showSearchFile();
+  });
+  const zone = $("search-drop");
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) {
+      state.searchFile = file;
+      showSearchFile();
+    }
+  });
+}
+
 /* ---------- Start-up ---------- */
 
 function start() {
@@ -1030,6 +1152,7 @@ function start() {
   setUpGenerate();
   setUpSimilar();
   setUpEmbed();
+  setUpSearch();
   showTab("caption");
   loadHealth();
 }
