@@ -570,7 +570,7 @@ def test_search_flow(page: Any, page_url: str, tmp_path: Path) -> None:
     thumbnail with its score and caption; a dropped picture searches by image; clicking a
     result opens it in the questions panel; an empty search is refused in words."""
     pictures = {}
-    for colour, background in (("red", "white"), ("blue", "yellow")):
+    for colour, background in (("red", "white"), ("blue", "black")):
         path = tmp_path / f"{colour}.png"
         draw(Scene("circle", colour, background), random.Random(7), 96).save(path)
         answer = httpx.post(
