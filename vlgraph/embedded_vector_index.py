@@ -2,10 +2,11 @@
 properties filters need in numpy columns beside it, saved to a folder next to the SQLite store.
 
 Each replica holds its own copy, fed from the store (:func:`vlgraph.vector_index.catch_up`);
-the saved copy only spares a restart re-reading every vector. Vectors are kept in half
-precision (recall@10 0.995 at 100k vectors of 512 dims, half the memory of float32). Every
-result is scored the same way whichever path found it (the dot product of the query with the
-stored vector), so that a page boundary means the same thing on every page. A filter that
+the saved copy only spares a restart re-reading every vector. The graph keeps vectors in half
+precision (recall@10 0.995 at 100k vectors of 512 dims, half the memory of float32); a float32
+copy beside it scores every result the same way whichever path found it (the dot product of
+the query with the stored vector), so that a page boundary means the same thing on every
+page. A filter that
 admits at most ``exact_below`` vectors is searched exactly: HNSW with a selective filter
 would have to visit most of the graph to find enough results.
 """
@@ -60,6 +61,10 @@ class _Columns:
         self.kind = np.zeros(0, dtype=np.int16)
         self.model = np.zeros(0, dtype=np.int32)  # 0: none
         self.alive = np.zeros(0, dtype=bool)
+        #: Every row's vector as the graph keeps it (half precision), made unit length in
+        #: float32: exact search and the scores of HNSW's candidates read it (a lookup in the
+        #: graph, or arithmetic in half precision, is slower).
+        self.vectors = np.zeros((0, 0), dtype=np.float32)
         self.image_ids: list[str] = []
         self.fingerprints: list[str] = []
         self.kind_names: list[str] = []
@@ -74,9 +79,9 @@ class _Columns:
             names.append(name)
             return len(names) - 1
 
-    def append(self, vectors: Sequence[IndexedVector]) -> list[int]:
-        """Add rows for ``vectors`` (sorted by seq, each newer than every row); the seqs of
-        the rows they make dead."""
+    def append(self, vectors: Sequence[IndexedVector], matrix: np.ndarray) -> list[int]:
+        """Add rows for ``vectors`` (sorted by seq, each newer than every row; ``matrix``
+        holds their values); the seqs of the rows they make dead."""
         replaced = []
         start = len(self.image_ids)
         for offset, item in enumerate(vectors):
@@ -98,6 +103,9 @@ class _Columns:
             [self.model, [self.code(self.model_names, item.model) for item in vectors]]
         ).astype(np.int32)
         self.alive = np.concatenate([self.alive, np.ones(len(vectors), dtype=bool)])
+        # As the graph keeps them (half precision), so that a reloaded index scores alike.
+        stored = _unit_rows(matrix.astype(np.float16))
+        self.vectors = stored if not len(self.vectors) else np.concatenate([self.vectors, stored])
         return replaced
 
     def admitted(self, search_filter: SearchFilter) -> np.ndarray:
@@ -264,6 +272,12 @@ class EmbeddedVectorIndex(VectorIndex):
         except Exception as error:  # a damaged save is rebuilt from the store
             logger.warning("search index: ignoring the saved index in %s: %r", self.folder, error)
             return
+        matrix = np.zeros((len(columns.seq), index.ndim), dtype=np.float32)
+        live = np.flatnonzero(columns.alive)
+        if len(live):
+            saved = np.asarray(index.get(columns.seq[live].astype(np.uint64)))
+            matrix[live] = _unit_rows(saved)
+        columns.vectors = matrix
         self._index, self._columns = index, columns
         self._saved_at = time.monotonic()
 
@@ -290,7 +304,7 @@ class EmbeddedVectorIndex(VectorIndex):
             self._index, self._columns = None, _Columns()
         if self._index is None:
             self._index = self._new_index(matrix.shape[1])
-        replaced = self._columns.append(vectors)
+        replaced = self._columns.append(vectors, matrix)
         keys = np.array([v.seq for v in vectors], dtype=np.uint64)
         self._index.add(keys, matrix, threads=os.cpu_count() or 1)
         for seq in [*replaced, *dead_in_batch]:
@@ -344,20 +358,23 @@ class EmbeddedVectorIndex(VectorIndex):
         """Score ``keys`` against ``query`` and keep the best ``count`` past ``after``."""
         if len(keys) == 0:
             return []
-        assert self._index is not None
-        vectors = np.asarray(self._index.get(keys.astype(np.uint64)), dtype=np.float32)
-        vectors = vectors.reshape(len(keys), -1)
-        norms = np.linalg.norm(vectors, axis=1)
-        norms[norms == 0] = 1.0
-        scores = np.round((vectors @ query).astype(np.float64) / norms, SCORE_DECIMALS)
+        rows = self._columns.rows_of(keys)
+        scores = np.round((self._columns.vectors[rows] @ query).astype(np.float64), SCORE_DECIMALS)
         keep = scores >= min_score
         if after is not None:
             keep &= scores <= after.score
-        rows = self._columns.rows_of(keys[keep])
-        scores = scores[keep]
+        rows, scores = rows[keep], scores[keep]
         ids = self._columns.image_ids
+        if after is not None:  # the boundary's own score: only larger ids come after it
+            tied = scores == after.score
+            later = np.array([ids[row] > after.image_id for row in rows[tied]], dtype=bool)
+            drop = np.flatnonzero(tied)[~later] if len(later) else np.zeros(0, dtype=int)
+            rows, scores = np.delete(rows, drop), np.delete(scores, drop)
+        if len(scores) > count:  # the best count, and every result tied with the last
+            cut = np.partition(scores, len(scores) - count)[len(scores) - count]
+            best = scores >= cut
+            rows, scores = rows[best], scores[best]
         ranked = [Ranked(float(score), ids[row]) for score, row in zip(scores, rows, strict=True)]
-        ranked = [item for item in ranked if item.comes_after(after)]
         ranked.sort(key=lambda item: (-item.score, item.image_id))
         return ranked[:count]
 
@@ -390,6 +407,14 @@ class EmbeddedVectorIndex(VectorIndex):
                     temp.unlink()
         self._dirty = False
         self._saved_at = time.monotonic()
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """``matrix``'s rows as float32 of unit length (a zero row stays zero)."""
+    rows = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return rows / norms
 
 
 def _exhausted(found: Any, min_score: float) -> bool:
