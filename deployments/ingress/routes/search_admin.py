@@ -12,7 +12,7 @@ from deployments.ingress.context import IngressContext
 from deployments.ingress.errors import error_responses
 from deployments.ingress.routes.admin import API_KEY_HEADER, authorize_admin
 from deployments.ingress.search import ImageSearch
-from deployments.ingress.uploads import read_upload
+from deployments.ingress.uploads import read_form_or_json, read_upload
 from vlgraph.errors import BadRequestError, ServiceError, UnsupportedMediaTypeError
 from vlgraph.images import inspect_image
 from vlgraph.search_config import MAX_REBUILD_BATCH
@@ -66,6 +66,17 @@ class RebuildResponse(BaseModel):
     remaining: int
 
 
+def json_body(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` declaring a JSON body the route reads itself (after the admin key
+    is checked, so that a caller without it gets 401/403, not a validation error)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
 def router(context: IngressContext) -> APIRouter:
     """The indexing routes of one ingress replica."""
     routes = APIRouter()
@@ -81,13 +92,15 @@ def router(context: IngressContext) -> APIRouter:
         "/api/admin/index/known",
         response_model=KnownResponse,
         summary="Which of these files (by sha256) are indexed already",
-        responses=error_responses(400, 401, 403, 422, 503),
+        responses=error_responses(400, 401, 403, 415, 422, 503),
+        openapi_extra=json_body(KnownBody),
     )
     async def known(
-        body: KnownBody, api_key: str | None = Security(API_KEY_HEADER)
+        request: Request, api_key: str | None = Security(API_KEY_HEADER)
     ) -> KnownResponse:
         """The digests an indexed image already has: a resumed bulk index skips them."""
-        authorized_search(api_key)
+        authorized_search(api_key)  # before the body is read: no work for a caller without it
+        body = await read_form_or_json(request, KnownBody)
         for digest in body.digests:
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ServiceError(
@@ -151,13 +164,15 @@ def router(context: IngressContext) -> APIRouter:
         "/api/admin/index/rebuild",
         response_model=RebuildResponse,
         summary="Encode again the stored images another encoder indexed (or none did)",
-        responses=error_responses(400, 401, 403, 422, 503),
+        responses=error_responses(400, 401, 403, 415, 422, 503),
+        openapi_extra=json_body(RebuildBody),
     )
     async def rebuild(
-        body: RebuildBody, api_key: str | None = Security(API_KEY_HEADER)
+        request: Request, api_key: str | None = Security(API_KEY_HEADER)
     ) -> RebuildResponse:
         """Up to ``limit`` images per call; call again until ``remaining`` is 0."""
         search = authorized_search(api_key)
+        body = await read_form_or_json(request, RebuildBody)
         rebuilt, remaining = await search.rebuild(body.limit)
         return RebuildResponse(rebuilt=rebuilt, remaining=remaining)
 
