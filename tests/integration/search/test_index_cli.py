@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,11 +24,16 @@ from vlgraph.sqlite_image_store import SqliteImageStore
 pytestmark = pytest.mark.integration
 
 
+#: What the command reads from its environment, left out so that only its arguments count.
+_COMMAND_ENV = ("API_KEY", "VLGRAPH_URL", "IMAGE_ROOT")
+
+
 def run_index(app: RunningApp, *args: str, key: str | None = TEST_ADMIN_KEY):
     command = [sys.executable, "-m", "vlgraph.index_cli", "--url", app.url, "--batch", "4"]
     if key is not None:
         command += ["--api-key", key]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+    env = {name: value for name, value in os.environ.items() if name not in _COMMAND_ENV}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
