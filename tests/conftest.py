@@ -111,7 +111,7 @@ def app(ray_instance: int, checkpoint_cache: Path, image_root: Path) -> Iterator
 
     from graphs.app import build_app
 
-    config = make_test_config(checkpoint_cache, image_root)
+    config = make_test_config(checkpoint_cache, image_root, image_root.parent / "data")
     serve.run(build_app(config), name="vlgraph", route_prefix="/")
     running = RunningApp(
         url=f"http://127.0.0.1:{ray_instance}", image_root=image_root, config=config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -133,7 +134,10 @@ def make_test_config(
     checkpoint_cache: Path, image_root: Path, data_dir: Path | None = None
 ) -> AppConfig:
     """The application as the integration tests run it: every model tiny, small limits; the
-    store under ``data_dir`` (default: a ``data`` folder beside the image root)."""
+    store under ``data_dir`` (default: a new folder beside the image root, so that an app
+    with other models, search off say, never writes into another app's store)."""
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=image_root.parent))
     return AppConfig.model_validate(
         {
             "profile": "test",
@@ -210,7 +214,7 @@ def make_test_config(
             },
             "store": {
                 "backend": "sqlite",
-                "data_dir": str(data_dir or image_root.parent / "data"),
+                "data_dir": str(data_dir),
             },
             "search": {"duplicate_threshold": TEST_DUPLICATE_THRESHOLD},
         }
