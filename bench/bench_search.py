@@ -60,7 +60,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def bench_config(checkpoints: Path, data_dir: Path, image_root: Path) -> AppConfig:
+def bench_config(
+    checkpoints: Path, data_dir: Path, image_root: Path, image_encoder: str = "tiny:clip"
+) -> AppConfig:
     """CLIP's two encoders and search alone; the memory cache keeps the query vectors."""
     encoder = {
         "device": "cpu",
@@ -90,7 +92,7 @@ def bench_config(checkpoints: Path, data_dir: Path, image_root: Path) -> AppConf
                 "intern_vlm": None,
             },
             **dict.fromkeys(TOP_LEVEL_MODELS),
-            "clip_image": {"source": "tiny:clip", **encoder},
+            "clip_image": {"source": image_encoder, **encoder},
             "clip_text": {"source": "tiny:clip-multilingual", **encoder},
             "cache": {"backend": "memory"},
             "store": {"backend": "sqlite", "data_dir": str(data_dir)},
@@ -179,6 +181,11 @@ def measure_size(app: ServedApp, count: int, args: argparse.Namespace, checkpoin
             response = client.post("/api/search", json=body)
             seconds.append(time.perf_counter() - began)
             assert response.status_code == 200, response.text
+        floor = []  # a route that calls no model and reads no store: Serve's own cost
+        for _ in range(args.queries):
+            began = time.perf_counter()
+            assert client.get("/api/models").status_code == 200
+            floor.append(time.perf_counter() - began)
         filtered = []
         for n in range(max(20, args.queries // 5)):
             body = {"text": QUERIES[n % len(QUERIES)], "limit": 10, "kinds": ["generated"]}
@@ -215,6 +222,7 @@ def measure_size(app: ServedApp, count: int, args: argparse.Namespace, checkpoin
         "first_search_s (index built from the store)": round(first_search_s, 1),
         "http_p50_ms": round(statistics.median(seconds) * 1000, 2),
         "http_p99_ms": round(percentile(seconds, 0.99) * 1000, 2),
+        "http_floor_p50_ms (GET /api/models, no search)": round(statistics.median(floor) * 1000, 2),
         "http_filtered_p50_ms (kinds: generated, a third)": round(
             statistics.median(filtered) * 1000, 2
         ),
@@ -227,15 +235,18 @@ def measure_size(app: ServedApp, count: int, args: argparse.Namespace, checkpoin
     }
 
 
-def measure_bulk(app: ServedApp, count: int, checkpoints: Path) -> dict:
-    """``vlgraph-index`` of ``count`` world pictures against the raw batched encoder."""
+def measure_bulk(app: ServedApp, count: int, checkpoints: Path, size: str) -> dict:
+    """``vlgraph-index`` of ``count`` world pictures against the raw batched encoder, the
+    tiny CLIP or the real ViT-B/32 architecture with random weights (``size``)."""
     from PIL import Image
     from ray import serve
     from sentence_transformers import SentenceTransformer
 
     from graphs.app import build_app
+    from vlgraph.tiny import ensure_checkpoint
     from vlgraph.tiny.world import all_scenes, draw
 
+    clip = str(ensure_checkpoint("clip", checkpoints, size))
     work = Path(tempfile.mkdtemp(prefix="bench-index-"))
     folder = work / "pictures"
     folder.mkdir()
@@ -243,7 +254,7 @@ def measure_bulk(app: ServedApp, count: int, checkpoints: Path) -> dict:
     scenes = all_scenes()
     for n in range(count):
         draw(scenes[n % len(scenes)], rng, 96).save(folder / f"p{n}.png")
-    config = bench_config(checkpoints, work / "data", work / "images")
+    config = bench_config(checkpoints, work / "data", work / "images", clip)
     url = app.run(build_app(config), "search-bulk")
     command = [
         sys.executable,
@@ -264,7 +275,6 @@ def measure_bulk(app: ServedApp, count: int, checkpoints: Path) -> dict:
     assert done.returncode == 0, done.stderr
     serve.delete("search-bulk")
 
-    clip = resolve_model_path("clip_image", "tiny:clip", checkpoints, None)
     import torch
 
     torch.set_num_threads(1)
@@ -277,6 +287,7 @@ def measure_bulk(app: ServedApp, count: int, checkpoints: Path) -> dict:
         model.encode(decoded, batch_size=32)
     raw_s = time.perf_counter() - began
     return {
+        "clip": size,
         "images": count,
         "served_images_per_s (vlgraph-index, batch 32, one encoder replica)": round(
             count / served_s, 1
@@ -293,6 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--bulk-images", type=int, default=512)
+    parser.add_argument(
+        "--bulk-sizes",
+        nargs="+",
+        choices=["tiny", "full"],
+        default=["tiny", "full"],
+        help="CLIP for bulk indexing: the tiny one, and ViT-B/32's size with random weights",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "search.json")
     args = parser.parse_args(argv)
     command = "python bench/bench_search.py " + shlex.join(argv or sys.argv[1:])
@@ -307,9 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     for count in args.sizes:
         report["sizes"].append(measure_size(app, count, args, checkpoints))
         print(json.dumps(report["sizes"][-1]), flush=True)
-    if args.bulk_images:
-        report["bulk_indexing"] = measure_bulk(app, args.bulk_images, checkpoints)
-        print(json.dumps(report["bulk_indexing"]), flush=True)
+    report["bulk_indexing"] = []
+    for size in args.bulk_sizes if args.bulk_images else []:
+        report["bulk_indexing"].append(measure_bulk(app, args.bulk_images, checkpoints, size))
+        print(json.dumps(report["bulk_indexing"][-1]), flush=True)
     print(f"== search  ({command})")
     print(json.dumps(report, indent=2))
     args.output.parent.mkdir(parents=True, exist_ok=True)

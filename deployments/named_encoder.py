@@ -54,6 +54,10 @@ class NamedEncoder(ModelReplica):
         """Embed one image or text; concurrent calls are batched together."""
         return await self._encode_batch(request)
 
+    async def encode_many(self, requests: list[EncodeRequest]) -> list[EmbeddingResult]:
+        """Embed a list of inputs as one batch (a bulk index sends its batch in one call)."""
+        return await self.run_batch(EmbeddingResult, self._encode_all, requests)
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _encode_batch(self, requests: list[EncodeRequest]) -> list[EmbeddingResult]:
         return await self.run_batch(EmbeddingResult, self._encode_all, requests)

@@ -172,6 +172,26 @@ class ImageVector:
 
 
 @dataclass(frozen=True)
+class NewImage:
+    """An image about to be stored: its bytes and what its record and vector will say."""
+
+    data: bytes
+    media_type: str
+    caption: str
+    filename: str | None = None
+    kind: ImageKind = "upload"
+    prompt: str | None = None
+    model: str | None = None
+    vector: ImageVector | None = None
+
+    def record(self) -> StoredImage:
+        """Its record, with a fresh id, created now."""
+        return new_record(
+            self.media_type, self.caption, self.filename, self.kind, self.prompt, self.model
+        )
+
+
+@dataclass(frozen=True)
 class IndexCensus:
     """What the store's vectors look like: how many images have none, and how many each
     encoder fingerprint made."""
@@ -185,7 +205,6 @@ class ImageStore(abc.ABC):
     """Persistent images, captions and questions. Every method is async and safe to call
     concurrently; unknown or malformed ids raise :class:`UnknownImageError`."""
 
-    @abc.abstractmethod
     async def add_image(
         self,
         data: bytes,
@@ -199,6 +218,14 @@ class ImageStore(abc.ABC):
     ) -> StoredImage:
         """Store an image, its record and its search vector, all or none, durably; the new
         record."""
+        image = NewImage(data, media_type, caption, filename, kind, prompt, model, vector)
+        (record,) = await self.add_images([image])
+        return record
+
+    @abc.abstractmethod
+    async def add_images(self, images: Sequence[NewImage]) -> list[StoredImage]:
+        """Store several images with their records and vectors in one durable write, all or
+        none (a bulk index pays one commit per batch); the new records, in order."""
 
     @abc.abstractmethod
     async def get_image(self, image_id: str) -> StoredImage:

@@ -15,7 +15,9 @@ import argparse
 import hashlib
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -26,6 +28,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: Digests asked about per call (the service's limit is 1000).
 KNOWN_CHUNK = 500
+#: Batches sent before the first answer is awaited.
+IN_FLIGHT = 2
 
 
 class IndexingError(RuntimeError):
@@ -93,10 +97,24 @@ class IndexClient:
 
 
 def index_folder(client: IndexClient, folder: Path, batch: int, show: bool = True) -> dict:
-    """Index every image under ``folder`` not indexed yet; counts by outcome."""
+    """Index every image under ``folder`` not indexed yet; counts by outcome. Two batches
+    are in flight at once, so the service encodes one while the next is read and sent."""
     files = image_files(folder)
     counts = {"indexed": 0, "already_indexed": 0, "refused": 0}
-    with tqdm(total=len(files), unit="image", desc="indexing", disable=not show) as bar:
+    with (
+        tqdm(total=len(files), unit="image", desc="indexing", disable=not show) as bar,
+        ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool,
+    ):
+        pending: deque[tuple[Future, int]] = deque()
+
+        def finish_one() -> None:
+            future, sent = pending.popleft()
+            for outcome in future.result():
+                counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+                if outcome["status"] == "refused":
+                    tqdm.write(f"refused {outcome['name']}: {outcome['error']}", file=sys.stderr)
+            bar.update(sent)
+
         for group in chunks(files, KNOWN_CHUNK):
             named = [(path.relative_to(folder).as_posix(), path.read_bytes()) for path in group]
             digests = [hashlib.sha256(data).hexdigest() for _, data in named]
@@ -107,13 +125,11 @@ def index_folder(client: IndexClient, folder: Path, batch: int, show: bool = Tru
             counts["already_indexed"] += len(named) - len(todo)
             bar.update(len(named) - len(todo))
             for part in chunks(todo, batch):
-                for outcome in client.index(part):
-                    counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
-                    if outcome["status"] == "refused":
-                        tqdm.write(
-                            f"refused {outcome['name']}: {outcome['error']}", file=sys.stderr
-                        )
-                bar.update(len(part))
+                if len(pending) == IN_FLIGHT:
+                    finish_one()
+                pending.append((pool.submit(client.index, part), len(part)))
+        while pending:
+            finish_one()
     return counts
 
 

@@ -15,10 +15,10 @@ from vlgraph.image_store import (
     NOT_DURABLE_MESSAGE,
     HistoryPage,
     ImageHistory,
-    ImageKind,
     ImageStore,
     ImageVector,
     IndexCensus,
+    NewImage,
     QuestionRecord,
     StoredImage,
     StoreNotDurableError,
@@ -28,7 +28,6 @@ from vlgraph.image_store import (
     checked_image_id,
     content_digest,
     logger,
-    new_record,
     to_micros,
     utc_now,
 )
@@ -117,36 +116,33 @@ class RedisImageStore(ImageStore):
             f"{self._prefix}fingerprints",
         ]
 
-    async def add_image(
-        self,
-        data: bytes,
-        media_type: str,
-        caption: str,
-        filename: str | None = None,
-        kind: ImageKind = "upload",
-        prompt: str | None = None,
-        model: str | None = None,
-        vector: ImageVector | None = None,
-    ) -> StoredImage:
-        """Record, bytes, vector and index entry in one transaction, then confirmed on disk."""
-        record = new_record(media_type, caption, filename, kind, prompt, model)
-        image_id = record.image_id
-        digest = content_digest(data)
+    async def add_images(self, images: Sequence[NewImage]) -> list[StoredImage]:
+        """Records, bytes, vectors and index entries in one transaction, then confirmed on
+        disk (or every one of them rolled back)."""
+        records = [image.record() for image in images]
+        digests = [content_digest(image.data) for image in images]
         with self._redis_errors():
             async with self._write_lock:
                 async with self._writer.pipeline(transaction=True) as pipe:
-                    pipe.hset(
-                        self.image_key(image_id),
-                        mapping={"record": record.model_dump_json(), "data": bytes(data)},
-                    )
-                    pipe.zadd(self.index_key(), {image_id: to_micros(record.created_at)})
-                    if kind == "indexed":
-                        pipe.hset(self._digests_key(), digest, image_id)
-                    if vector is not None:
-                        await self._queue_vector(pipe, image_id, vector)
+                    for record, digest, image in zip(records, digests, images, strict=True):
+                        image_id = record.image_id
+                        pipe.hset(
+                            self.image_key(image_id),
+                            mapping={"record": record.model_dump_json(), "data": bytes(image.data)},
+                        )
+                        pipe.zadd(self.index_key(), {image_id: to_micros(record.created_at)})
+                        if image.kind == "indexed":
+                            pipe.hset(self._digests_key(), digest, image_id)
+                        if image.vector is not None:
+                            await self._queue_vector(pipe, image_id, image.vector)
                     await pipe.execute()
-                await self._confirm_durable(lambda: self._forget_image(image_id, digest))
-        return record
+
+                async def forget_all() -> None:
+                    for record, digest in zip(records, digests, strict=True):
+                        await self._forget_image(record.image_id, digest)
+
+                await self._confirm_durable(forget_all)
+        return records
 
     async def set_vector(self, image_id: str, vector: ImageVector) -> None:
         """Replace the vector of ``image_id`` under a new sequence number."""

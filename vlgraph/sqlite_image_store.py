@@ -23,10 +23,10 @@ from vlgraph.image_store import (
     SQLITE_BUSY_TIMEOUT_S,
     HistoryPage,
     ImageHistory,
-    ImageKind,
     ImageStore,
     ImageVector,
     IndexCensus,
+    NewImage,
     QuestionRecord,
     StoredImage,
     StoreUnavailableError,
@@ -37,7 +37,6 @@ from vlgraph.image_store import (
     file_extension,
     from_micros,
     logger,
-    new_record,
     to_micros,
     utc_now,
 )
@@ -107,22 +106,13 @@ class SqliteImageStore(ImageStore):
         self._ready = False
         self._ready_lock = threading.Lock()
 
-    async def add_image(
-        self,
-        data: bytes,
-        media_type: str,
-        caption: str,
-        filename: str | None = None,
-        kind: ImageKind = "upload",
-        prompt: str | None = None,
-        model: str | None = None,
-        vector: ImageVector | None = None,
-    ) -> StoredImage:
-        """Write the file (fsynced, renamed into place), then commit the row and its vector
-        in one transaction; a failed commit removes the file again."""
-        record = new_record(media_type, caption, filename, kind, prompt, model)
-        await self._in_thread(self._add_image, record, bytes(data), vector)
-        return record
+    async def add_images(self, images: Sequence[NewImage]) -> list[StoredImage]:
+        """Write the files (each fsynced and renamed into place, then the folder fsynced
+        once), then commit the rows and their vectors in one transaction; a failed commit
+        removes the files again."""
+        records = [image.record() for image in images]
+        await self._in_thread(self._add_images, records, list(images))
+        return records
 
     async def set_vector(self, image_id: str, vector: ImageVector) -> None:
         """Replace the vector of ``image_id`` under a new sequence number."""
@@ -288,19 +278,25 @@ class SqliteImageStore(ImageStore):
                 logger.warning("image store: removing %s, written but never committed", path)
                 path.unlink(missing_ok=True)
 
-    def _add_image(self, record: StoredImage, data: bytes, vector: ImageVector | None) -> None:
+    def _add_images(self, records: list[StoredImage], images: list[NewImage]) -> None:
         self._ensure_ready()
-        file_name = record.image_id + file_extension(record.media_type)
-        path = self.images_dir / file_name
-        _write_file_durably(path, data)
+        paths = [
+            self.images_dir / (record.image_id + file_extension(record.media_type))
+            for record in records
+        ]
         committed = False
         try:
+            for path, image in zip(paths, images, strict=True):
+                _write_file_synced(path, bytes(image.data))
+            _fsync_dir(self.images_dir)
             with self._connection() as connection:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    self._insert_image_row(connection, record, file_name, content_digest(data))
-                    if vector is not None:
-                        _insert_vector(connection, record.image_id, vector)
+                    for record, path, image in zip(records, paths, images, strict=True):
+                        digest = content_digest(image.data)
+                        self._insert_image_row(connection, record, path.name, digest)
+                        if image.vector is not None:
+                            _insert_vector(connection, record.image_id, image.vector)
                     connection.execute("COMMIT")
                     committed = True
                 except BaseException:
@@ -308,7 +304,8 @@ class SqliteImageStore(ImageStore):
                     raise
         finally:
             if not committed:
-                path.unlink(missing_ok=True)
+                for path in paths:
+                    path.unlink(missing_ok=True)
 
     def _insert_image_row(
         self, connection: sqlite3.Connection, record: StoredImage, file_name: str, digest: str
@@ -525,11 +522,10 @@ def _question_from_row(row: tuple[Any, ...]) -> QuestionRecord:
     return QuestionRecord(question=question, answer=answer, asked_at=from_micros(asked_us))
 
 
-def _write_file_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that after a crash it is either whole or absent: a temp
-    file in the same folder, fsynced, renamed into place, then the folder fsynced."""
+def _write_file_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that after a crash it is either whole or absent (once
+    the folder is fsynced): a temp file in the same folder, fsynced, renamed into place."""
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    renamed = False
     try:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -540,10 +536,8 @@ def _write_file_durably(path: Path, data: bytes) -> None:
         finally:
             os.close(descriptor)
         os.replace(temp, path)
-        renamed = True
-        _fsync_dir(path.parent)
     except BaseException:
-        (path if renamed else temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 

@@ -29,10 +29,11 @@ from vlgraph.image_store import (
     IMAGE_ID_PATTERN,
     ImageStore,
     ImageVector,
+    NewImage,
     StoredImage,
     content_digest,
 )
-from vlgraph.messages import EncodeRequest
+from vlgraph.messages import EmbeddingResult, EncodeRequest
 from vlgraph.search_config import SearchConfig
 from vlgraph.search_engines import make_vector_index
 from vlgraph.served_models import Capability
@@ -52,6 +53,8 @@ logger = logging.getLogger("ray.serve")
 #: encoder's fingerprint: a rebuild or a new encoder is noticed within this time.
 _CHECK_TTL_S = 5.0
 _CURSOR_VERSION = 1
+#: Images per call to the encoder when many are encoded at once (bulk index, rebuild).
+ENCODE_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class IndexOutcome:
     name: str
     image_id: str | None
     status: str
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,9 +161,33 @@ class ImageSearch:
         name = self.config.image_encoder
         handle = self._gateway.handle(name, Capability.EMBED_IMAGE)
         result = await self._gateway.call(name, handle.encode.remote(EncodeRequest(item=image)))
+        return self._vector(result)
+
+    async def vectors_of(self, images: list[bytes]) -> list[ImageVector | ServiceError]:
+        """The search vectors of several images, ``ENCODE_CHUNK`` per call to the encoder
+        (one batch on its model thread, each call within the model's timeout); an image the
+        encoder refuses gets its error in its place."""
+        name = self.config.image_encoder
+        handle = self._gateway.handle(name, Capability.EMBED_IMAGE)
+        results: list[EmbeddingResult] = []
+        for start in range(0, len(images), ENCODE_CHUNK):
+            requests = [EncodeRequest(item=image) for image in images[start : start + ENCODE_CHUNK]]
+            results.extend(await self._gateway.call(name, handle.encode_many.remote(requests)))
+        vectors: list[ImageVector | ServiceError] = []
+        for result in results:
+            try:
+                vectors.append(self._vector(result))
+            except ServiceError as error:
+                if error.status >= 500:
+                    raise
+                vectors.append(error)
+        return vectors
+
+    def _vector(self, result: EmbeddingResult) -> ImageVector:
         if result.error is not None:
             raise ServiceError.from_item_error(result.error)
         if result.fingerprint is None:
+            name = self.config.image_encoder
             raise ServiceError(f"the encoder {name} gave no checkpoint fingerprint", status=500)
         return ImageVector(unit(result.embedding), result.fingerprint)
 
@@ -237,14 +265,21 @@ class ImageSearch:
             for index, digest in enumerate(digests)
             if digest not in known and first_of[digest] == index
         ]
-        vectors = await asyncio.gather(*(self.vector_of(files[index][1]) for index in fresh))
+        vectors = await self.vectors_of([files[index][1] for index in fresh])
         outcomes = [IndexOutcome(name, None, "already_indexed") for name, _, _ in files]
+        stored, new_images = [], []
         for index, vector in zip(fresh, vectors, strict=True):
             name, data, media_type = files[index]
-            record = await self._store.add_image(
-                data, media_type, "", filename=name, kind="indexed", vector=vector
+            if isinstance(vector, ServiceError):
+                outcomes[index] = IndexOutcome(name, None, "refused", vector.message)
+                continue
+            stored.append(index)
+            new_images.append(
+                NewImage(data, media_type, "", filename=name, kind="indexed", vector=vector)
             )
-            outcomes[index] = IndexOutcome(name, record.image_id, "indexed")
+        records = await self._store.add_images(new_images) if new_images else []
+        for index, record in zip(stored, records, strict=True):
+            outcomes[index] = IndexOutcome(files[index][0], record.image_id, "indexed")
         return outcomes
 
     async def rebuild(self, limit: int) -> tuple[int, int]:
@@ -252,12 +287,11 @@ class ImageSearch:
         vector is missing or another encoder's; how many were done and how many are left."""
         served = await self._served_image_fingerprint()
         ids = await self._store.images_without_vector(served or "", limit)
-
-        async def again(image_id: str) -> None:
-            vector = await self.vector_of(await self._store.read_image(image_id))
+        images = await asyncio.gather(*(self._store.read_image(image_id) for image_id in ids))
+        for image_id, vector in zip(ids, await self.vectors_of(list(images)), strict=True):
+            if isinstance(vector, ServiceError):
+                raise vector
             await self._store.set_vector(image_id, vector)
-
-        await asyncio.gather(*(again(image_id) for image_id in ids))
         self._checked_at = -_CHECK_TTL_S
         census = await self._store.census()
         left = census.without_vector + sum(

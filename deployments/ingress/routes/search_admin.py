@@ -156,7 +156,10 @@ def router(context: IngressContext) -> APIRouter:
             accepted.append((name, data, info.media_type))
         for position, outcome in zip(positions, await search.index_files(accepted), strict=True):
             outcomes[position] = IndexedFile(
-                name=outcome.name, status=outcome.status, image_id=outcome.image_id
+                name=outcome.name,
+                status=outcome.status,
+                image_id=outcome.image_id,
+                error=outcome.error,
             )
         return IndexFilesResponse(files=[outcome for outcome in outcomes if outcome is not None])
 

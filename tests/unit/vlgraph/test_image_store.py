@@ -29,6 +29,7 @@ from vlgraph.image_store import (
     HistoryPage,
     ImageStore,
     ImageVector,
+    NewImage,
     QuestionRecord,
     StoredImage,
     StoreNotDurableError,
@@ -929,3 +930,95 @@ def test_sqlite_a_failed_vector_write_stores_nothing(
     assert run(store.history()).total == 0
     assert list((tmp_path / "images").iterdir()) == []
     assert run(store.census()).images == 0
+
+
+def indexed_file(number: int, with_vector: bool = True) -> NewImage:
+    """A file as ``vlgraph-index`` stores it: distinct bytes, kind indexed."""
+    return NewImage(
+        PNG + number.to_bytes(4, "big"),
+        "image/png",
+        "",
+        filename=f"folder/{number}.png",
+        kind="indexed",
+        vector=vector(number) if with_vector else None,
+    )
+
+
+def test_a_batch_is_stored_in_one_write_in_order(config: StoreConfig) -> None:
+    """add_images stores every image of a batch with its vector, in the order given: the
+    vectors come back in that order, the digests are known, the bytes read back."""
+    batch = [indexed_file(number, with_vector=number != 2) for number in range(5)]
+
+    async def scenario(store: ImageStore) -> None:
+        records = await store.add_images(batch)
+        assert [record.filename for record in records] == [image.filename for image in batch]
+        assert len({record.image_id for record in records}) == 5
+        listed = await store.vectors_since(0, 10)
+        assert [item.image_id for item in listed] == [
+            record.image_id for n, record in enumerate(records) if n != 2
+        ]
+        assert [item.seq for item in listed] == sorted(item.seq for item in listed)
+        for item, number in zip(listed, [0, 1, 3, 4], strict=True):
+            assert np.array_equal(item.vector, vector(number).values)
+        digests = [image_store.content_digest(image.data) for image in batch]
+        assert await store.indexed_digests(digests) == set(digests)
+        for record, image in zip(records, batch, strict=True):
+            assert await store.read_image(record.image_id) == image.data
+            assert (await store.get_image(record.image_id)).kind == "indexed"
+        census = await store.census()
+        assert (census.images, census.without_vector) == (5, 1)
+        assert await store.add_images([]) == []
+
+    run(using(lambda: make_image_store(config), scenario))
+
+
+def test_sqlite_a_batch_whose_last_vector_fails_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction for the batch: a failure on its last image leaves no record and no
+    file of any of them."""
+    store = SqliteImageStore(tmp_path)
+    run(store.add_image(PNG, "image/png", "kept"))
+    real = sqlite_image_store._insert_vector
+    written: list[str] = []
+
+    def failing_third(connection: sqlite3.Connection, image_id: str, value: ImageVector) -> None:
+        written.append(image_id)
+        if len(written) == 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(connection, image_id, value)
+
+    monkeypatch.setattr(sqlite_image_store, "_insert_vector", failing_third)
+    with pytest.raises(StoreUnavailableError):
+        run(store.add_images([indexed_file(number) for number in range(3)]))
+    monkeypatch.undo()
+    assert len(written) == 3
+    assert run(store.census()).images == 1
+    assert run(store.vectors_since(0, 10)) == []
+    assert len(list((tmp_path / "images").iterdir())) == 1
+
+
+def test_redis_an_unconfirmed_batch_is_rolled_back_whole(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """When Redis does not confirm the batch on disk, every image of it is removed again,
+    with its vector, digest and fingerprint count."""
+    config = redis_config(redis_server.port, namespace, require_fsync=True, timeout_s=0.5)
+
+    async def scenario() -> None:
+        store = make_image_store(config)
+        assert isinstance(store, RedisImageStore)
+        store._writer.execute_command = FakeWaitaof(store, [0, 0])  # type: ignore[method-assign]
+        try:
+            with pytest.raises(StoreUnavailableError):
+                await store.add_images([indexed_file(number) for number in range(4)])
+            census = await store.census()
+            assert (census.images, census.by_fingerprint) == (0, {})
+        finally:
+            await store.close()
+
+    run(scenario())
+    # Only the counters stay: the sequence number and the (now zero) fingerprint count.
+    counters = (b":vector_seq", b":fingerprints")
+    keys = namespace_keys(redis_server.port, namespace)
+    assert [key for key in keys if not key.endswith(counters)] == []
