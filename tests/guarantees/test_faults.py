@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from tests.support.common import (
     wait_until_healthy,
 )
 from tests.support.guarantees import percentile, record_figures
+from tests.support.postgres import PostgresServer
 from vlgraph.config import AppConfig, IngressConfig
 
 pytestmark = pytest.mark.integration
@@ -430,6 +432,7 @@ def is_hit(outcome: Outcome) -> bool:
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_every_acknowledged_write_survives_a_crash(
+    request: pytest.FixtureRequest,
     store: str,
     ray_instance: int,
     checkpoint_cache: Path,
@@ -438,8 +441,10 @@ def test_every_acknowledged_write_survives_a_crash(
     figures: dict[str, Any],
 ) -> None:
     """SQLite: SIGKILL of every replica, then a full serve.delete + serve.run on the same data
-    folder. Redis: SIGKILL of every replica and of redis-server, which restarts from its
-    append-only file (the data lives in Redis: a redeploy would add nothing to check)."""
+    folder. Redis: SIGKILL of every replica, of redis-server, which restarts from its
+    append-only file (the data lives in Redis: a redeploy would add nothing to check), and of
+    PostgreSQL, whose pgvector index the search uses. Search is on in both, and finds
+    exactly the stored images afterwards."""
     from ray import serve
 
     app = f"faults-store-{store}"
@@ -447,12 +452,20 @@ def test_every_acknowledged_write_survives_a_crash(
     full = make_test_config(checkpoint_cache, image_root).model_dump(mode="json")
     args["vqa"] = full["vqa"]
     killed = [args["ingress"], args["models"]["blip"], args["vqa"]]
-    if store == "sqlite":
-        # Search on: every upload's vector is part of its write, and search must find
-        # exactly the stored images after the crash.
-        args["clip_image"] = full["clip_image"]
-        args["search"] = {"enabled": True}
-        killed.append(args["clip_image"])
+    # Search on: every upload's vector is part of its write, and search must find exactly
+    # the stored images after the crash.
+    args["clip_image"] = full["clip_image"]
+    args["search"] = {"enabled": True}
+    killed.append(args["clip_image"])
+    postgres: PostgresServer | None = None
+    if store == "redis":
+        postgres = request.getfixturevalue("postgres_server")
+        args["search"] = {
+            "enabled": True,
+            "engine": "pgvector",
+            "pgvector_dsn": postgres.dsn,
+            "pgvector_table": f"crash_{uuid.uuid4().hex[:8]}",
+        }
     # Serve notices a dead replica at its next health check: every 1 s here, not 10, so that
     # the crash costs seconds of test time (how long recovery takes is test 1's figure).
     for options in killed:
@@ -484,13 +497,15 @@ def test_every_acknowledged_write_survives_a_crash(
             load.hold(1.5, min_requests=12)
             crashed_at = time.monotonic()
             pids = replica_pids(app)
-            # ingress, blip_caption, blip_vqa (and clip_image_encoder with search)
+            # ingress, blip_caption, blip_vqa, clip_image_encoder
             assert len(pids) == len(killed), pids
             for pid in pids.values():
                 sigkill_replica(app, pid)
-            if redis_server is not None:
+            if redis_server is not None and postgres is not None:
                 redis_server.kill()
+                postgres.kill()
                 redis_server.start()  # replays its append-only file
+                postgres.start()
             poll(
                 lambda: not set(pids) & set(replica_pids(app)) and healthy(url),
                 RESTART_BOUND_S,
@@ -508,8 +523,7 @@ def test_every_acknowledged_write_survives_a_crash(
         outcomes = load.outcomes
         with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT_S) as client:
             found = check_store(client, outcomes)
-            if store == "sqlite":
-                found["by_search"] = check_search(client, found["stored_ids"])
+            found["by_search"] = check_search(client, found["stored_ids"])
     finally:
         serve.delete(app)
         if redis_server is not None:
@@ -524,6 +538,7 @@ def test_every_acknowledged_write_survives_a_crash(
         "statuses": dict(Counter(str(o.status or "no answer") for o in outcomes)),
         "replicas_sigkilled": len(pids),
         "redis_server_sigkilled": redis_server is not None,
+        "postgres_sigkilled": postgres is not None,
         **{name: round(seconds, 2) for name, seconds in phases.items()},
         "uploads_acknowledged": len(uploads),
         "questions_acknowledged": len(questions),

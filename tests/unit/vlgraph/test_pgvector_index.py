@@ -248,7 +248,11 @@ def test_min_score_cuts_the_ranking(postgres_server: PostgresServer, table: str)
             try:
                 await index.add(items)
                 found = await all_pages(index, query, 9, min_score=min_score)
-                assert_exact(found, expected[:cut], cut)
+                if exact_below:
+                    assert_exact(found, expected[:cut], cut)
+                else:  # HNSW may miss an image; none below the cut comes back
+                    assert {r.image_id for r in found} <= {r.image_id for r in expected[:cut]}
+                    assert len(found) == len({r.image_id for r in found}) >= 0.95 * cut
                 assert all(r.score >= min_score for r in found)
                 assert await index.nearest(query, EVERYTHING, 5, min_score=1.0) == []
             finally:

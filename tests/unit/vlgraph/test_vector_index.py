@@ -142,8 +142,15 @@ def test_filters_admit_exactly_what_they_say(
         await index.add(items)
         found = await all_pages(index, query, search_filter, page=11)
         expected = exact_ranking(items, query, search_filter)
-        assert {r.image_id for r in found} == {r.image_id for r in expected}
-        assert len(found) == len(expected)
+        found_ids, expected_ids = {r.image_id for r in found}, {r.image_id for r in expected}
+        assert len(found) == len(found_ids)
+        if exact_below:
+            assert found_ids == expected_ids
+        else:
+            # HNSW is approximate (a page may miss an image: it is not in a later page
+            # either); the filter is still exact: nothing it refuses comes back.
+            assert found_ids <= expected_ids
+            assert len(found_ids) >= 0.95 * len(expected_ids)
 
     run(scenario())
 
