@@ -4,7 +4,7 @@ own latency and recall@10 against exact search, its size on disk, and bulk index
 (``vlgraph-index``) against the raw batched CLIP encoder.
 
     python bench/bench_search.py                      # 10k and 100k vectors
-    python bench/bench_search.py --sizes 2000 --queries 50 --bulk-images 64   # a smoke run
+    python bench/bench_search.py --smoke              # CI: proves it runs
 
 The stored vectors are 512-dimension unit vectors drawn around 200 centres (CLIP's size;
 clustered like real embeddings), written straight into a SQLite store in one transaction; the
@@ -311,13 +311,21 @@ def main(argv: list[str] | None = None) -> None:
         default=["tiny", "full"],
         help="CLIP for bulk indexing: the tiny one, and ViT-B/32's size with random weights",
     )
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "search.json")
+    parser.add_argument("--cache-dir", type=Path, help="default: the service's checkpoint cache")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: 500 vectors, 20 queries, 16 files through vlgraph-index with the tiny CLIP",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.queries, args.bulk_images, args.bulk_sizes = [500], 20, 16, ["tiny"]
     command = "python bench/bench_search.py " + shlex.join(argv or sys.argv[1:])
     from vlgraph.config import resolve_checkpoint_cache_dir
     from vlgraph.tiny import ensure_checkpoint
 
-    checkpoints = resolve_checkpoint_cache_dir(None)
+    checkpoints = args.cache_dir or resolve_checkpoint_cache_dir(None)
     for family in ("clip", "clip-multilingual"):
         ensure_checkpoint(family, checkpoints)
     app = ServedApp(mode="classic")
@@ -331,8 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(report["bulk_indexing"][-1]), flush=True)
     print(f"== search  ({command})")
     print(json.dumps(report, indent=2))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "search.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,27 @@ def test_the_openai_chat_benchmark_runs_on_tiny_checkpoints(
     assert "stream: first token" in finished.stdout
 
 
+@pytest.mark.cli
+def test_the_search_benchmark_runs_on_tiny_checkpoints(
+    checkpoint_cache: Path, tmp_path: Path
+) -> None:
+    """``python bench/bench_search.py --smoke``: 500 stored vectors searched through HTTP
+    and in process (exact below ``exact_below``, so recall 1.0), and 16 files through
+    ``vlgraph-index`` against the raw tiny CLIP, each figure written. A ``cli`` test: its
+    own local Ray. About a minute on a quiet 2-core machine."""
+    finished, report = run_smoke("bench_search", checkpoint_cache, tmp_path)
+    (size,) = report["sizes"]
+    assert size["vectors"] == 500
+    assert size["http_floor_p50_ms (GET /api/models, no search)"] > 0
+    assert size["http_p50_ms"] > 0
+    assert size["recall_at_10"] == 1.0
+    (bulk,) = report["bulk_indexing"]
+    assert bulk["clip"] == "tiny" and bulk["images"] == 16
+    assert bulk["summary"].startswith("indexed 16, already indexed 0, refused 0")
+    assert bulk["served_over_raw"] > 0
+    assert "== search" in finished.stdout
+
+
 def test_the_smoke_run_shares_an_app_only_where_each_path_keeps_its_settings(
     checkpoint_cache: Path, tmp_path: Path
 ) -> None:
